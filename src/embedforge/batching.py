@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-DEFAULT_BATCH_TOKENS = 16384
+DEFAULT_BATCH_TOKENS = 16384  # accelerators: large batches keep the GPU busy
+DEFAULT_CPU_BATCH_TOKENS = 4096  # CPUs: one 512-token text already fills the matmuls; small batches pad less
 DEFAULT_CHUNK_SIZE = 8192  # texts tokenized and held at a time
 
 
@@ -30,6 +31,11 @@ class BatchPlan:
     def padding_overhead(self) -> float:
         """Fraction of computed positions that are padding."""
         return 0.0 if self.padded_tokens == 0 else 1.0 - self.real_tokens / self.padded_tokens
+
+
+def default_batch_tokens(device: torch.device | str) -> int:
+    """Padded tokens per batch when the caller gives no budget: small on CPU, large on GPU."""
+    return DEFAULT_CPU_BATCH_TOKENS if torch.device(device).type == "cpu" else DEFAULT_BATCH_TOKENS
 
 
 def plan_batches(lengths: Sequence[int], max_tokens: int, max_batch_size: int | None = None) -> BatchPlan:

@@ -28,7 +28,7 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default fp32 on CPU, bf16 on GPU)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the checkpoint's, else 8192)")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
+    p.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per batch (default 4096 on CPU, 16384 on GPU)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
     p.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own Python code")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .prompts import DEFAULT_QUERY_INSTRUCTION, ENDOFTEXT, query_prompt
 from .batching import (
-    DEFAULT_BATCH_TOKENS,
+    default_batch_tokens,
     DEFAULT_CHUNK_SIZE,
     chunks,
     pad_left,
@@ -76,7 +76,7 @@ class Embedder:
         max_length: int = DEFAULT_MAX_LENGTH,
         is_decoder: bool = True,
         padding_side: Literal["left", "right"] | None = None,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_tokens: int | None = None,
         name_or_path: str = "",
         fingerprint: str = "",
     ) -> None:
@@ -89,7 +89,7 @@ class Embedder:
         self.prompts = dict(prompt_table or {})
         self.max_length = max_length
         self.is_decoder = is_decoder
-        self.batch_tokens = batch_tokens
+        self._batch_tokens = batch_tokens
         self.name_or_path = name_or_path
         self.fingerprint = fingerprint
         # Qwen3 rule: no special tokens from the tokenizer, then <|endoftext|> appended exactly once.
@@ -118,7 +118,7 @@ class Embedder:
         pooling: str | None = None,
         normalize: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_tokens: int | None = None,
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
         revision: str | None = None,
@@ -180,6 +180,11 @@ class Embedder:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def batch_tokens(self) -> int:
+        """Padded tokens per batch: as given, else 4096 on CPU and 16384 on accelerators."""
+        return self._batch_tokens or default_batch_tokens(self.device)
 
     @property
     def hidden_size(self) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import DEFAULT_BATCH_TOKENS, pad_left, pad_right, position_ids_from_mask, run_batched
+from .batching import default_batch_tokens, pad_left, pad_right, position_ids_from_mask, run_batched
 from .embedder import load_tokenizer
 from .inputs import check_pairs, check_positive, check_texts
 from .loading import (
@@ -69,7 +69,7 @@ class Reranker:
         tokenizer,
         *,
         max_length: int = DEFAULT_MAX_LENGTH,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_tokens: int | None = None,
         prefix_reuse: bool = True,
         name_or_path: str = "",
         fingerprint: str = "",
@@ -77,7 +77,7 @@ class Reranker:
         check_positive(batch_tokens, "batch_tokens")
         self.model = model
         self.tokenizer = tokenizer
-        self.batch_tokens = batch_tokens
+        self._batch_tokens = batch_tokens
         self.prefix_reuse = prefix_reuse
         self.name_or_path = name_or_path
         self.fingerprint = fingerprint
@@ -108,7 +108,7 @@ class Reranker:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int = DEFAULT_MAX_LENGTH,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_tokens: int | None = None,
         prefix_reuse: bool = True,
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
@@ -144,6 +144,11 @@ class Reranker:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def batch_tokens(self) -> int:
+        """Padded tokens per batch: as given, else 4096 on CPU and 16384 on accelerators."""
+        return self._batch_tokens or default_batch_tokens(self.device)
 
     # ------------------------------------------------------------------ tokens
     def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[list[int]]:
