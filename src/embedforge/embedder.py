@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .prompts import DEFAULT_QUERY_INSTRUCTION, ENDOFTEXT, query_prompt
+from ._base import ModelWrapper, load_tokenizer
 from .batching import (
-    default_batch_tokens,
     DEFAULT_CHUNK_SIZE,
     chunks,
     pad_left,
@@ -40,17 +39,12 @@ from .loading import (
     write_sentence_transformers,
 )
 from .pooling import Pooling, pool, truncate_and_normalize
+from .prompts import DEFAULT_QUERY_INSTRUCTION, ENDOFTEXT, query_prompt
 
 DEFAULT_MAX_LENGTH = 8192
 
 
-def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-
-
-class Embedder:
+class Embedder(ModelWrapper):
     """Text embedding model.
 
     Without sentence-transformers files a decoder-only checkpoint gets the Qwen3 treatment
@@ -173,19 +167,6 @@ class Embedder:
         )
 
     # ------------------------------------------------------------------ properties
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @property
-    def batch_tokens(self) -> int:
-        """Padded tokens per batch: as given, else 4096 on CPU and 16384 on accelerators."""
-        return self._batch_tokens or default_batch_tokens(self.device)
-
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import default_batch_tokens, pad_left, pad_right, position_ids_from_mask, run_batched
-from .embedder import load_tokenizer
+from ._base import ModelWrapper, load_tokenizer
+from .batching import pad_left, pad_right, position_ids_from_mask, run_batched
 from .inputs import check_pairs, check_positive, check_texts
 from .loading import (
     check_weights,
@@ -54,7 +54,7 @@ def common_prefix_length(seqs: Sequence[list[int]]) -> int:
     return n
 
 
-class Reranker:
+class Reranker(ModelWrapper):
     """Qwen3-Reranker: point-wise relevance scores in [0, 1].
 
     Example::
@@ -136,19 +136,6 @@ class Reranker:
             name_or_path=str(name_or_path),
             fingerprint=fingerprint(path, "reranker", max_length),
         )
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @property
-    def batch_tokens(self) -> int:
-        """Padded tokens per batch: as given, else 4096 on CPU and 16384 on accelerators."""
-        return self._batch_tokens or default_batch_tokens(self.device)
 
     # ------------------------------------------------------------------ tokens
     def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[list[int]]:
