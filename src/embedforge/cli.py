@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -87,7 +86,9 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedforge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="embedforge", description="Qwen3 embedding and reranking: embed, rerank, eval, train, merge, synth, serve."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("embed", help="embed texts from a .txt/.jsonl/.parquet file into .npy or .parquet")
@@ -111,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_rerank)
 
     for name in SUBCOMMAND_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
