@@ -1,0 +1,12 @@
+"""Model merging (stage 3 of the Qwen3 recipe): slerp and linear, tensor by tensor."""
+
+from embedforge.merging.merge import (
+    MergeMethod,
+    MergeResult,
+    merge_checkpoints,
+    merge_state_dicts,
+    merge_tensors,
+)
+from embedforge.merging.slerp import lerp, slerp
+
+__all__ = ["MergeMethod", "MergeResult", "lerp", "merge_checkpoints", "merge_state_dicts", "merge_tensors", "slerp"]
