@@ -153,3 +153,15 @@ def test_encoder_without_sentence_transformers_files_gets_mean_pooling(minilm_di
         shutil.copy(minilm_dir / name, bare / name)
     model = Embedder.from_pretrained(bare)
     assert model.pooling == "mean" and model.normalize and model.query_prompt() == ""
+
+
+def test_sentence_transformers_6_layout_loads(minilm_dir, tmp_path):
+    """sentence-transformers >= 6 saves ``{"pooling_mode": "mean"}`` and the max length in the tokenizer config."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(minilm_dir), device="cpu")
+    st.save(str(tmp_path / "st6"))
+    ours = Embedder.from_pretrained(tmp_path / "st6")
+    assert ours.pooling == "mean" and ours.normalize and ours.max_length == 256
+    texts = DOCUMENTS[:5] + [" ".join(["long"] * 400)]
+    np.testing.assert_allclose(ours.encode(texts), st.encode(texts), atol=TOL, rtol=0)

@@ -115,6 +115,7 @@ class SentenceTransformersLayout:
     present: bool = False
 
 
+_POOL_NAMES = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max", "last_token": "lasttoken"}
 _POOL_KEYS = {
     "pooling_mode_lasttoken": "lasttoken",
     "pooling_mode_mean_tokens": "mean",
@@ -135,10 +136,14 @@ def read_sentence_transformers(path: Path) -> SentenceTransformersLayout:
         kind = module.get("type", "")
         if kind.endswith("Pooling"):
             cfg = json.loads((path / module["path"] / "config.json").read_text())
-            modes = [name for key, name in _POOL_KEYS.items() if cfg.get(key)]
-            if len(modes) != 1:
+            if isinstance(cfg.get("pooling_mode"), str):  # sentence-transformers >= 6
+                modes = [_POOL_NAMES.get(cfg["pooling_mode"], cfg["pooling_mode"])]
+            else:  # older layout: one boolean flag per mode
+                modes = [name for key, name in _POOL_KEYS.items() if cfg.get(key)]
+            if len(modes) != 1 or modes[0] not in _POOL_KEYS.values():
                 raise CheckpointError(
-                    f"{path / module['path']}: embedforge supports exactly one of {sorted(_POOL_KEYS)}, got {modes}"
+                    f"{path / module['path']}: pooling {modes} is not supported; embedforge supports exactly one "
+                    f"of {sorted(_POOL_KEYS.values())}"
                 )
             layout.pooling = modes[0]
         elif kind.endswith("Normalize"):
@@ -149,6 +154,11 @@ def read_sentence_transformers(path: Path) -> SentenceTransformersLayout:
     sb_cfg = path / "sentence_bert_config.json"
     if sb_cfg.exists():
         layout.max_seq_length = json.loads(sb_cfg.read_text()).get("max_seq_length")
+    tok_cfg = path / "tokenizer_config.json"
+    if layout.max_seq_length is None and tok_cfg.exists():  # sentence-transformers >= 6 keeps it here
+        limit = json.loads(tok_cfg.read_text()).get("model_max_length")
+        if isinstance(limit, int) and limit < 1_000_000:  # transformers writes ~1e30 for "no limit"
+            layout.max_seq_length = limit
     return layout
 
 
