@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
-from texts import DOCUMENTS
 
 from embedforge import Embedder, Reranker
 from embedforge.cli import main
+from texts import DOCUMENTS
 
 
 def test_embed_txt_to_npy_queries(tiny_embedder_dir, tmp_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference import CARD_TASK, card_embed, card_embedding_ids, get_detailed_instruct
-from texts import DOCUMENTS, QUERIES
 
 from embedforge import Embedder
+from reference import CARD_TASK, card_embed, card_embedding_ids, get_detailed_instruct
+from texts import DOCUMENTS, QUERIES
 
 TOL = 1e-5
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import CardReranker
-from texts import DOCUMENTS, QUERIES
 
 from embedforge import Reranker
 from embedforge.reranker import common_prefix_length
+from reference import CardReranker
+from texts import DOCUMENTS, QUERIES
 
 TOL = 1e-5
 
