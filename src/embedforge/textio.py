@@ -10,6 +10,20 @@ import numpy as np
 TEXT_FIELDS = ("text", "query", "document", "sentence", "content")
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file (blank lines skipped); a bad line raises naming the file and line number."""
+    rows = []
+    with Path(path).open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
 def read_texts(path: str | Path, field: str | None = None) -> tuple[list[str], list[str] | None]:
     """Texts (and ids when the file has them) from a .txt (one per line), .jsonl or .parquet file.
 
@@ -25,14 +39,7 @@ def read_texts(path: str | Path, field: str | None = None) -> tuple[list[str], l
         lines = p.read_text(encoding="utf-8").splitlines()
         return lines, None
     if suffix in (".jsonl", ".json"):
-        rows = []
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{p}:{n}: not valid JSON ({exc.msg})") from None
+        rows = read_jsonl(p)
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 

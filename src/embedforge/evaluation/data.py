@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from embedforge.textio import read_jsonl
 
 
 def texts_fingerprint(texts: Iterable[str]) -> str:
@@ -83,19 +84,6 @@ class RetrievalData:
         )
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-    return rows
-
-
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """Read a BEIR qrels TSV (``query-id corpus-id score``, header row optional)."""
     path = Path(path)
@@ -134,8 +122,8 @@ def load_beir(data_dir: str | Path, split: str = "test", *, name: str | None = N
     if not qrels_path.is_file():
         have = sorted(p.stem for p in (d / "qrels").glob("*.tsv")) if (d / "qrels").is_dir() else []
         raise FileNotFoundError(f"no qrels for split {split!r} at {qrels_path}; splits available: {have}")
-    corpus = _read_jsonl(corpus_path)
-    queries = {str(q["_id"]): q["text"] for q in _read_jsonl(queries_path)}
+    corpus = read_jsonl(corpus_path)
+    queries = {str(q["_id"]): q["text"] for q in read_jsonl(queries_path)}
     qrels = read_qrels(qrels_path)
     missing = [q for q in qrels if q not in queries]
     if missing:

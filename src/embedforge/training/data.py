@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from embedforge.textio import read_jsonl as read_rows
+
 
 class EmbeddingRecord(BaseModel):
     """One query with its positive document and hard negatives."""
@@ -46,15 +48,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data {path} not found")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+    rows = read_rows(path)
     if not rows:
         raise ValueError(f"training data {path} holds no records")
     return rows
