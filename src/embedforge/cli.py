@@ -33,11 +33,11 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _cmd_embed(args: argparse.Namespace) -> int:
+def embedder_from_args(args: argparse.Namespace):
+    """An ``Embedder`` from the options of ``add_model_options`` (shared by the sub-commands)."""
     from .embedder import Embedder
 
-    texts, ids = read_texts(args.input, args.field)
-    emb = Embedder.from_pretrained(
+    return Embedder.from_pretrained(
         args.model,
         device=args.device,
         dtype=args.dtype,
@@ -46,6 +46,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
     )
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    texts, ids = read_texts(args.input, args.field)
+    emb = embedder_from_args(args)
     show = not args.no_progress
     if args.queries:
         vecs = emb.encode_queries(texts, instruction=args.instruction, dim=args.dim, show_progress=show)

@@ -26,7 +26,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-length", type=int, default=None, help="max tokens per text (default: the checkpoint's)"
     )
-    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch")
+    p.add_argument(
+        "--batch-tokens", type=int, default=None, help="padded tokens per batch (default 4096 on CPU, 16384 on GPU)"
+    )
     p.add_argument(
         "--task",
         default=None,
@@ -44,17 +46,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_embedder(args: argparse.Namespace):
-    from embedforge import Embedder
+    from embedforge.cli import embedder_from_args
 
-    return Embedder.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_length=args.max_length,
-        batch_tokens=args.batch_tokens,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-    )
+    return embedder_from_args(args)
 
 
 def _cache(args: argparse.Namespace) -> Path | None:
