@@ -62,7 +62,9 @@ def card_embed(path, texts, device, dtype, batch_size=16):
     t0, c0 = time.perf_counter(), cpu_seconds()
     with torch.inference_mode():
         for s in range(0, len(texts), batch_size):
-            batch = tok(texts[s : s + batch_size], padding=True, truncation=True, max_length=8192, return_tensors="pt").to(device)
+            batch = tok(
+                texts[s : s + batch_size], padding=True, truncation=True, max_length=8192, return_tensors="pt"
+            ).to(device)
             padded += batch["input_ids"].numel()
             h = model(**batch).last_hidden_state[:, -1]
             F.normalize(h, p=2, dim=1).float().cpu()
@@ -113,8 +115,13 @@ def run_rerank(method: str, path: str, query: str, docs: list[str], device: str,
         with torch.inference_mode():
             for s in range(0, len(pairs), 16):
                 texts = [format_rerank_pair(q, d) for q, d in pairs[s : s + 16]]
-                enc = tok(texts, padding=False, truncation="longest_first", return_attention_mask=False,
-                          max_length=8192 - len(pre) - len(suf))
+                enc = tok(
+                    texts,
+                    padding=False,
+                    truncation="longest_first",
+                    return_attention_mask=False,
+                    max_length=8192 - len(pre) - len(suf),
+                )
                 enc["input_ids"] = [pre + x + suf for x in enc["input_ids"]]
                 enc = tok.pad(enc, padding=True, return_tensors="pt").to(device)
                 logits = model(**enc).logits[:, -1, :]
@@ -147,11 +154,13 @@ def child(args) -> None:
 def spawn(spec: dict, tmp: Path) -> dict:
     f = tmp / "spec.json"
     f.write_text(json.dumps(spec))
-    res = subprocess.run([sys.executable, __file__, "--child", str(f)], capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, __file__, "--child", str(f)], capture_output=True, text=True, check=False
+    )
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{spec['kind']}/{spec['method']} failed:\n{res.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -180,7 +189,9 @@ def main() -> None:
     tok_dir = SHARED / "models" / "qwen3-tokenizer"
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
-        emb_dir = make_random_qwen3(tmp / "emb", tok_dir, shape=shape, seed=0, append_eos=True, sentence_transformers=True)
+        emb_dir = make_random_qwen3(
+            tmp / "emb", tok_dir, shape=shape, seed=0, append_eos=True, sentence_transformers=True
+        )
         rr_dir = make_random_qwen3(tmp / "rr", tok_dir, shape=shape, seed=1)
         tok = AutoTokenizer.from_pretrained(str(emb_dir))
         texts = make_workload(tok, args.n_texts, args.min_len, args.max_len, args.seed)
@@ -192,42 +203,82 @@ def main() -> None:
             "device": args.device,
             "dtype": dtype,
             "torch_threads": torch.get_num_threads(),
-            "workload": {"n_texts": args.n_texts, "lengths": [args.min_len, args.max_len], "seed": args.seed,
-                         "real_tokens": real_tokens, "rerank_docs": args.n_docs},
+            "workload": {
+                "n_texts": args.n_texts,
+                "lengths": [args.min_len, args.max_len],
+                "seed": args.seed,
+                "real_tokens": real_tokens,
+                "rerank_docs": args.n_docs,
+            },
             "embed": {},
             "rerank": {},
         }
         for method in EMBED_METHODS:
-            runs = [spawn({"kind": "embed", "method": method, "path": str(emb_dir), "texts": texts,
-                           "device": args.device, "dtype": dtype}, tmp) for _ in range(args.repeats)]
+            runs = [
+                spawn(
+                    {
+                        "kind": "embed",
+                        "method": method,
+                        "path": str(emb_dir),
+                        "texts": texts,
+                        "device": args.device,
+                        "dtype": dtype,
+                    },
+                    tmp,
+                )
+                for _ in range(args.repeats)
+            ]
             r = min(runs, key=lambda x: x["seconds"])
             r["tokens_per_s"] = real_tokens / r["seconds"]
             r["tokens_per_cpu_s"] = real_tokens / r["cpu_seconds"]
             r["padding_overhead"] = 1 - real_tokens / r["padded_tokens"]
             results["embed"][method] = r
-            print(f"embed  {method:28s} {r['tokens_per_s']:9.0f} tok/s  {r['tokens_per_cpu_s']:9.0f} tok/cpu-s  padding {r['padding_overhead']:.1%}  "
-                  f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+            print(
+                f"embed  {method:28s} {r['tokens_per_s']:9.0f} tok/s  {r['tokens_per_cpu_s']:9.0f} tok/cpu-s  padding {r['padding_overhead']:.1%}  "
+                f"peak RSS {r['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
         for method in RERANK_METHODS:
-            runs = [spawn({"kind": "rerank", "method": method, "path": str(rr_dir), "query": query, "docs": docs,
-                           "device": args.device, "dtype": dtype}, tmp) for _ in range(args.repeats)]
+            runs = [
+                spawn(
+                    {
+                        "kind": "rerank",
+                        "method": method,
+                        "path": str(rr_dir),
+                        "query": query,
+                        "docs": docs,
+                        "device": args.device,
+                        "dtype": dtype,
+                    },
+                    tmp,
+                )
+                for _ in range(args.repeats)
+            ]
             r = min(runs, key=lambda x: x["seconds"])
             r["pairs_per_s"] = args.n_docs / r["seconds"]
             r["pairs_per_cpu_s"] = args.n_docs / r["cpu_seconds"]
             results["rerank"][method] = r
-            print(f"rerank {method:28s} {r['pairs_per_s']:9.1f} pairs/s  {r['pairs_per_cpu_s']:7.2f} pairs/cpu-s  peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+            print(
+                f"rerank {method:28s} {r['pairs_per_s']:9.1f} pairs/s  {r['pairs_per_cpu_s']:7.2f} pairs/cpu-s  peak RSS {r['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
     e, rr = results["embed"], results["rerank"]
     # The machine may be shared: CPU-seconds of the timed part are the fairer basis, wall time is kept too.
     results["ratios_by_cpu_time"] = {
         "embed_vs_model_card": e["embedforge"]["tokens_per_cpu_s"] / e["model_card"]["tokens_per_cpu_s"],
-        "embed_vs_sentence_transformers": e["embedforge"]["tokens_per_cpu_s"] / e["sentence_transformers"]["tokens_per_cpu_s"],
+        "embed_vs_sentence_transformers": e["embedforge"]["tokens_per_cpu_s"]
+        / e["sentence_transformers"]["tokens_per_cpu_s"],
         "rerank_vs_model_card": rr["embedforge"]["pairs_per_cpu_s"] / rr["model_card"]["pairs_per_cpu_s"],
-        "rerank_prefix_reuse_gain": rr["embedforge"]["pairs_per_cpu_s"] / rr["embedforge_no_prefix_reuse"]["pairs_per_cpu_s"],
+        "rerank_prefix_reuse_gain": rr["embedforge"]["pairs_per_cpu_s"]
+        / rr["embedforge_no_prefix_reuse"]["pairs_per_cpu_s"],
     }
     results["ratios"] = {
         "embed_vs_model_card": e["embedforge"]["tokens_per_s"] / e["model_card"]["tokens_per_s"],
-        "embed_vs_sentence_transformers": e["embedforge"]["tokens_per_s"] / e["sentence_transformers"]["tokens_per_s"],
+        "embed_vs_sentence_transformers": e["embedforge"]["tokens_per_s"]
+        / e["sentence_transformers"]["tokens_per_s"],
         "rerank_vs_model_card": rr["embedforge"]["pairs_per_s"] / rr["model_card"]["pairs_per_s"],
-        "rerank_prefix_reuse_gain": rr["embedforge"]["pairs_per_s"] / rr["embedforge_no_prefix_reuse"]["pairs_per_s"],
+        "rerank_prefix_reuse_gain": rr["embedforge"]["pairs_per_s"]
+        / rr["embedforge_no_prefix_reuse"]["pairs_per_s"],
     }
     print("wall-time ratios", json.dumps(results["ratios"], indent=2))
     print("cpu-time ratios", json.dumps(results["ratios_by_cpu_time"], indent=2))

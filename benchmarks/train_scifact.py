@@ -66,8 +66,20 @@ class TestSet:
         return 100 * retrieval_scores(self.qrels, run, ("ndcg@10",)).mean["ndcg@10"], doc_emb
 
 
-def train_mnrl(records: list[EmbeddingRecord], out: Path, *, steps: int, batch_size: int, lr: float, warmup: int,
-               num_negatives: int, scale: float, seed: int, max_grad_norm: float, max_length: int) -> list[float]:
+def train_mnrl(
+    records: list[EmbeddingRecord],
+    out: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    num_negatives: int,
+    scale: float,
+    seed: int,
+    max_grad_norm: float,
+    max_length: int,
+) -> list[float]:
     """sentence-transformers' MultipleNegativesRankingLoss in the same loop as ours: same batches
     (embedforge's batch_indices), AdamW, warmup + cosine schedule and clipping."""
     from sentence_transformers import SentenceTransformer
@@ -106,18 +118,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "scifact")
     ap.add_argument("--work", type=Path, default=Path("/tmp/embedforge-train-scifact"))
-    ap.add_argument("--corpus-size", type=int, default=0, help="0 = the full 5,183-document corpus; N = a fixed sub-corpus of N")
-    ap.add_argument("--steps", type=int, default=28, help="optimizer steps (28 = one epoch of 919 records at batch 32)")
+    ap.add_argument(
+        "--corpus-size",
+        type=int,
+        default=0,
+        help="0 = the full 5,183-document corpus; N = a fixed sub-corpus of N",
+    )
+    ap.add_argument(
+        "--steps", type=int, default=28, help="optimizer steps (28 = one epoch of 919 records at batch 32)"
+    )
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--num-negatives", type=int, default=3, help="hard negatives per instance used in training (7 mined)")
+    ap.add_argument(
+        "--num-negatives", type=int, default=3, help="hard negatives per instance used in training (7 mined)"
+    )
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--temperature", type=float, default=0.05,
-                    help="ours: tau; MNRL: scale = 1/tau (0.05 = MNRL's default scale 20, the one MiniLM was trained with)")
-    ap.add_argument("--train-max-length", type=int, default=128, help="tokens per text in training (evaluation keeps 256)")
-    ap.add_argument("--chunk-size", type=int, default=None, help="GradCache chunk for ours (same loss and gradients)")
-    ap.add_argument("--merge", choices=["mid", "mnrl", "none"], default="mnrl",
-                    help="slerp parents: ours at mid-run and at the end, or ours and the MNRL model (two runs from one init)")
+    ap.add_argument(
+        "--temperature",
+        type=float,
+        default=0.05,
+        help="ours: tau; MNRL: scale = 1/tau (0.05 = MNRL's default scale 20, the one MiniLM was trained with)",
+    )
+    ap.add_argument(
+        "--train-max-length", type=int, default=128, help="tokens per text in training (evaluation keeps 256)"
+    )
+    ap.add_argument(
+        "--chunk-size", type=int, default=None, help="GradCache chunk for ours (same loss and gradients)"
+    )
+    ap.add_argument(
+        "--merge",
+        choices=["mid", "mnrl", "none"],
+        default="mnrl",
+        help="slerp parents: ours at mid-run and at the end, or ours and the MNRL model (two runs from one init)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "train_scifact.json")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -145,8 +178,14 @@ def main() -> None:
     mined_path = args.work / f"scifact-train-mined-{len(test.corpus_ids)}.jsonl"
     if not mined_path.exists():
         t0 = time.perf_counter()
-        mined = mine_hard_negatives(base, [r.model_dump() for r in train_records], test.corpus_texts, k=7, skip_top=10,
-                                    doc_embeddings=base_docs)
+        mined = mine_hard_negatives(
+            base,
+            [r.model_dump() for r in train_records],
+            test.corpus_texts,
+            k=7,
+            skip_top=10,
+            doc_embeddings=base_docs,
+        )
         write_jsonl(mined, mined_path)
         results["mining_s"] = round(time.perf_counter() - t0, 1)
     records = load_embedding_records(mined_path)
@@ -156,10 +195,20 @@ def main() -> None:
 
     ours_dir = args.work / "ours"
     cfg = EmbedderTrainingConfig(
-        model=str(MINILM), data=str(mined_path), output_dir=str(ours_dir), max_steps=args.steps,
-        batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup, num_negatives=args.num_negatives,
-        temperature=args.temperature, max_length=args.train_max_length, chunk_size=args.chunk_size,
-        save_every=max(1, args.steps // 2) if args.merge == "mid" else None, keep_checkpoints=1, show_progress=True,
+        model=str(MINILM),
+        data=str(mined_path),
+        output_dir=str(ours_dir),
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup,
+        num_negatives=args.num_negatives,
+        temperature=args.temperature,
+        max_length=args.train_max_length,
+        chunk_size=args.chunk_size,
+        save_every=max(1, args.steps // 2) if args.merge == "mid" else None,
+        keep_checkpoints=1,
+        show_progress=True,
     )
     t0 = time.perf_counter()
     ours = train_embedder(cfg)
@@ -172,9 +221,19 @@ def main() -> None:
 
     mnrl_dir = args.work / "mnrl"
     t0 = time.perf_counter()
-    losses = train_mnrl(records, mnrl_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                        num_negatives=args.num_negatives, scale=1 / args.temperature, seed=cfg.seed,
-                        max_grad_norm=cfg.max_grad_norm, max_length=args.train_max_length)
+    losses = train_mnrl(
+        records,
+        mnrl_dir,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        num_negatives=args.num_negatives,
+        scale=1 / args.temperature,
+        seed=cfg.seed,
+        max_grad_norm=cfg.max_grad_norm,
+        max_length=args.train_max_length,
+    )
     train_s = time.perf_counter() - t0
     ndcg, _ = test.evaluate(Embedder.from_pretrained(mnrl_dir))
     results["mnrl"] = {"ndcg@10": ndcg, "train_s": round(train_s, 1), "losses": losses}
@@ -184,25 +243,43 @@ def main() -> None:
     if args.merge != "none":
         if args.merge == "mid":
             parents = [latest_checkpoint(ours_dir), ours_dir]
-            parent_scores = [test.evaluate(Embedder.from_pretrained(parents[0]))[0], results["ours"]["ndcg@10"]]
+            parent_scores = [
+                test.evaluate(Embedder.from_pretrained(parents[0]))[0],
+                results["ours"]["ndcg@10"],
+            ]
         else:
             parents = [ours_dir, mnrl_dir]
             parent_scores = [results["ours"]["ndcg@10"], results["mnrl"]["ndcg@10"]]
         merged_dir = args.work / "merged"
         merge_checkpoints(parents, merged_dir, method="slerp", t=[0.5])
         ndcg, _ = test.evaluate(Embedder.from_pretrained(merged_dir))
-        results["merge"] = {"parents": [str(p) for p in parents], "parents_ndcg@10": parent_scores, "slerp_0.5_ndcg@10": ndcg}
+        results["merge"] = {
+            "parents": [str(p) for p in parents],
+            "parents_ndcg@10": parent_scores,
+            "slerp_0.5_ndcg@10": ndcg,
+        }
         save()
-        print(f"merge: parents {parent_scores[0]:.2f} / {parent_scores[1]:.2f} -> slerp {ndcg:.2f}", flush=True)
+        print(
+            f"merge: parents {parent_scores[0]:.2f} / {parent_scores[1]:.2f} -> slerp {ndcg:.2f}", flush=True
+        )
 
     results["total_s"] = round(time.perf_counter() - t_all, 1)
     results["torch_threads"] = torch.get_num_threads()
     save()
-    corpus = "full corpus" if not args.corpus_size else f"sub-corpus of {len(test.corpus_ids)} docs (not comparable to 64.51)"
-    lines = [f"SciFact test, {len(test.query_ids)} queries, {corpus}", "", "| model | nDCG@10 |", "|---|---|",
-             f"| all-MiniLM-L6-v2 (base) | {results['base']['ndcg@10']:.2f} |",
-             f"| + Qwen3 improved InfoNCE (embedforge) | {results['ours']['ndcg@10']:.2f} |",
-             f"| + sentence-transformers MNRL | {results['mnrl']['ndcg@10']:.2f} |"]
+    corpus = (
+        "full corpus"
+        if not args.corpus_size
+        else f"sub-corpus of {len(test.corpus_ids)} docs (not comparable to 64.51)"
+    )
+    lines = [
+        f"SciFact test, {len(test.query_ids)} queries, {corpus}",
+        "",
+        "| model | nDCG@10 |",
+        "|---|---|",
+        f"| all-MiniLM-L6-v2 (base) | {results['base']['ndcg@10']:.2f} |",
+        f"| + Qwen3 improved InfoNCE (embedforge) | {results['ours']['ndcg@10']:.2f} |",
+        f"| + sentence-transformers MNRL | {results['mnrl']['ndcg@10']:.2f} |",
+    ]
     if "merge" in results:
         m = results["merge"]
         names = ["ours@mid", "ours@end"] if args.merge == "mid" else ["ours", "MNRL"]
@@ -214,7 +291,8 @@ def main() -> None:
         f"{table}\n\n{args.steps} steps x batch {args.batch_size} ({epochs:.2f} epochs of {len(records)} records), "
         f"{args.num_negatives} mined hard negatives per instance (mined from the same corpus, skip top 10), lr {args.lr}, "
         f"warmup {args.warmup}, tau {args.temperature} (MNRL scale {1 / args.temperature:g}), train max_length "
-        f"{args.train_max_length}; total {results['total_s']:.0f}s wall on a shared CPU.\n")
+        f"{args.train_max_length}; total {results['total_s']:.0f}s wall on a shared CPU.\n"
+    )
     print(table)
 
 

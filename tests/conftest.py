@@ -35,7 +35,9 @@ def shared_data_dir() -> Path:
 def tiny_embedder_dir(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
     """Qwen3-Embedding layout: sentence-transformers files + tokenizer that appends <|endoftext|>."""
     out = tmp_path_factory.mktemp("tiny-qwen3-embedding")
-    return make_random_qwen3(out, qwen3_tokenizer_dir, shape=TINY, seed=1, append_eos=True, sentence_transformers=True)
+    return make_random_qwen3(
+        out, qwen3_tokenizer_dir, shape=TINY, seed=1, append_eos=True, sentence_transformers=True
+    )
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,9 @@ def card_embed(path, texts, *, max_length=8192, tokenizer_appends_eos=True, batc
     model = AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
     out = []
     for start in range(0, len(texts), batch_size):
-        batch = card_embedding_inputs(tokenizer, texts[start : start + batch_size], max_length, tokenizer_appends_eos)
+        batch = card_embedding_inputs(
+            tokenizer, texts[start : start + batch_size], max_length, tokenizer_appends_eos
+        )
         hidden = model(**batch).last_hidden_state
         emb = card_last_token_pool(hidden, batch["attention_mask"])
         if dim is not None:
@@ -57,7 +59,10 @@ def card_embed(path, texts, *, max_length=8192, tokenizer_appends_eos=True, batc
 def card_embedding_ids(path, texts, *, max_length=8192, tokenizer_appends_eos=True):
     tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left")
     batch = card_embedding_inputs(tokenizer, texts, max_length, tokenizer_appends_eos)
-    return [[t for t, m in zip(row, mask) if m] for row, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())]
+    return [
+        [t for t, m in zip(row, mask) if m]
+        for row, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())
+    ]
 
 
 # --- reranker ---------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ def test_sorted_plan_pads_less_than_input_order():
 
 def test_run_batched_restores_input_order():
     ids = [[i] * (i % 7 + 1) for i in range(50)]
-    out = run_batched(ids, lambda b: torch.tensor([[x[0], len(x)] for x in b], dtype=torch.float32), max_tokens=20)
+    out = run_batched(
+        ids, lambda b: torch.tensor([[x[0], len(x)] for x in b], dtype=torch.float32), max_tokens=20
+    )
     assert out[:, 0].tolist() == list(range(50))
     assert out[:, 1].tolist() == [i % 7 + 1 for i in range(50)]
 

@@ -28,8 +28,12 @@ def card_queries(instruction=CARD_TASK):
 
 
 @pytest.mark.parametrize("flavour", ["post_processor", "plain"])
-def test_token_ids_match_model_card_and_end_token_appended_once(flavour, emb, emb_plain, tiny_embedder_dir, tiny_embedder_plain_dir):
-    model, path = (emb, tiny_embedder_dir) if flavour == "post_processor" else (emb_plain, tiny_embedder_plain_dir)
+def test_token_ids_match_model_card_and_end_token_appended_once(
+    flavour, emb, emb_plain, tiny_embedder_dir, tiny_embedder_plain_dir
+):
+    model, path = (
+        (emb, tiny_embedder_dir) if flavour == "post_processor" else (emb_plain, tiny_embedder_plain_dir)
+    )
     ours = model.tokenize(QUERIES, prompt=model.query_prompt())
     ref = card_embedding_ids(path, card_queries(), tokenizer_appends_eos=flavour == "post_processor")
     assert ours == ref
@@ -46,8 +50,12 @@ def test_query_prompt_is_the_model_card_format(emb, emb_plain):
 
 @pytest.mark.parametrize("flavour", ["post_processor", "plain"])
 @pytest.mark.parametrize("dim", [None, 32])
-def test_embeddings_equal_model_card(flavour, dim, emb, emb_plain, tiny_embedder_dir, tiny_embedder_plain_dir):
-    model, path = (emb, tiny_embedder_dir) if flavour == "post_processor" else (emb_plain, tiny_embedder_plain_dir)
+def test_embeddings_equal_model_card(
+    flavour, dim, emb, emb_plain, tiny_embedder_dir, tiny_embedder_plain_dir
+):
+    model, path = (
+        (emb, tiny_embedder_dir) if flavour == "post_processor" else (emb_plain, tiny_embedder_plain_dir)
+    )
     appends = flavour == "post_processor"
     ref_q = card_embed(path, card_queries(), tokenizer_appends_eos=appends, dim=dim)
     ref_d = card_embed(path, DOCUMENTS, tokenizer_appends_eos=appends, dim=dim)
@@ -148,8 +156,14 @@ def test_encoder_without_sentence_transformers_files_gets_mean_pooling(minilm_di
 
     bare = tmp_path / "bare-minilm"
     bare.mkdir()
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                 "special_tokens_map.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+    ):
         shutil.copy(minilm_dir / name, bare / name)
     model = Embedder.from_pretrained(bare)
     assert model.pooling == "mean" and model.normalize and model.query_prompt() == ""

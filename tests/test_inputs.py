@@ -63,7 +63,9 @@ def test_missing_weights_file(tiny_embedder_dir, tmp_path):
     broken = tmp_path / "no-weights"
     shutil.copytree(tiny_embedder_dir, broken)
     (broken / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"no-weights has no weights: expected one of model.safetensors"):
+    with pytest.raises(
+        CheckpointError, match=r"no-weights has no weights: expected one of model.safetensors"
+    ):
         Embedder.from_pretrained(broken)
 
 

@@ -45,7 +45,11 @@ def test_truncation_cuts_only_the_pair(tiny_reranker_dir):
     pairs = [("q", " ".join(["word"] * 200)), ("q", "short")]
     ours = short.tokenize_pairs(pairs)
     assert ours == card.ids(pairs)
-    assert len(ours[0]) == 80 and ours[0][-9:] == short.suffix_ids and ours[0][: len(short.prefix_ids)] == short.prefix_ids
+    assert (
+        len(ours[0]) == 80
+        and ours[0][-9:] == short.suffix_ids
+        and ours[0][: len(short.prefix_ids)] == short.prefix_ids
+    )
 
 
 @pytest.mark.parametrize("instruction", [None, "Given a claim, find documents that refute it"])
@@ -93,7 +97,10 @@ def test_common_prefix_is_taken_from_full_token_sequences(rr):
     n = common_prefix_length(ids)
     assert all(x[:n] == ids[0][:n] for x in ids)
     assert len({x[n] for x in ids}) > 1  # the next token differs somewhere
-    text_prefix_ids = rr.prefix_ids + rr.tokenizer.encode("<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n<Query>: capital\n<Document>: ", add_special_tokens=False)
+    text_prefix_ids = rr.prefix_ids + rr.tokenizer.encode(
+        "<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n<Query>: capital\n<Document>: ",
+        add_special_tokens=False,
+    )
     assert n <= len(text_prefix_ids)
     assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # always leaves one token to run
 
@@ -101,7 +108,9 @@ def test_common_prefix_is_taken_from_full_token_sequences(rr):
 @pytest.mark.parametrize("budget", [1, 150, 100_000])
 def test_any_batch_budget_gives_the_same_scores(rr, budget):
     pairs = all_pairs()
-    np.testing.assert_allclose(rr.score_pairs(pairs, batch_tokens=budget), rr.score_pairs(pairs), atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        rr.score_pairs(pairs, batch_tokens=budget), rr.score_pairs(pairs), atol=TOL, rtol=0
+    )
 
 
 def test_rank_sorts_by_score_and_keeps_indices(rr):

@@ -23,11 +23,22 @@ SUBCOMMAND_MODULES = (
 
 def add_model_options(p: argparse.ArgumentParser, default_model: str) -> None:
     """Options every model-loading command shares."""
-    p.add_argument("--model", default=default_model, help=f"local directory or Hub id (default {default_model})")
+    p.add_argument(
+        "--model", default=default_model, help=f"local directory or Hub id (default {default_model})"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default fp32 on CPU, bf16 on GPU)")
-    p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the checkpoint's, else 8192)")
-    p.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per batch (default 4096 on CPU, 16384 on GPU)")
+    p.add_argument(
+        "--dtype", default=None, help="float32 | bfloat16 | float16 (default fp32 on CPU, bf16 on GPU)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=None, help="tokens per input (default: the checkpoint's, else 8192)"
+    )
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per batch (default 4096 on CPU, 16384 on GPU)",
+    )
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
     p.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own Python code")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -56,7 +67,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         vecs = emb.encode_queries(texts, instruction=args.instruction, dim=args.dim, show_progress=show)
     else:
         if args.instruction is not None:
-            raise SystemExit("--instruction applies to queries only: add --queries (documents take no instruction)")
+            raise SystemExit(
+                "--instruction applies to queries only: add --queries (documents take no instruction)"
+            )
         vecs = emb.encode_documents(texts, dim=args.dim, show_progress=show)
     write_embeddings(args.output, vecs, ids)
     print(f"wrote {vecs.shape[0]} x {vecs.shape[1]} embeddings to {args.output}", file=sys.stderr)
@@ -76,7 +89,9 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
     )
-    ranked = rr.rank(args.query, docs, top_k=args.top_k, instruction=args.instruction, show_progress=not args.no_progress)
+    ranked = rr.rank(
+        args.query, docs, top_k=args.top_k, instruction=args.instruction, show_progress=not args.no_progress
+    )
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for r in ranked:
@@ -92,14 +107,17 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="embedforge", description="Qwen3 embedding and reranking: embed, rerank, eval, train, merge, synth, serve."
+        prog="embedforge",
+        description="Qwen3 embedding and reranking: embed, rerank, eval, train, merge, synth, serve.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("embed", help="embed texts from a .txt/.jsonl/.parquet file into .npy or .parquet")
     p.add_argument("input", help="input file: .txt (one text per line), .jsonl or .parquet")
     p.add_argument("-o", "--output", required=True, help="output .npy or .parquet")
-    p.add_argument("--field", default=None, help="text field of JSONL/parquet rows (default: text, query, ...)")
+    p.add_argument(
+        "--field", default=None, help="text field of JSONL/parquet rows (default: text, query, ...)"
+    )
     p.add_argument("--queries", action="store_true", help="inputs are queries: add the query instruction")
     p.add_argument("--instruction", default=None, help="query instruction (default: the model's)")
     p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension (32..hidden)")

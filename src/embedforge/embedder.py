@@ -89,8 +89,11 @@ class Embedder(ModelWrapper):
         # Qwen3 rule: no special tokens from the tokenizer, then <|endoftext|> appended exactly once.
         vocab_eos = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
         self.end_token_id: int | None = (
-            vocab_eos if self.pooling == Pooling.LASTTOKEN.value and vocab_eos is not None
-            and vocab_eos != tokenizer.unk_token_id else None
+            vocab_eos
+            if self.pooling == Pooling.LASTTOKEN.value
+            and vocab_eos is not None
+            and vocab_eos != tokenizer.unk_token_id
+            else None
         )
         if padding_side is None:  # encoders need right padding (absolute positions, [CLS] first)
             padding_side = "left" if is_decoder else "right"
@@ -207,7 +210,9 @@ class Embedder(ModelWrapper):
             return []
         full = [prompt + t for t in items] if prompt else items
         if self.end_token_id is not None:
-            enc = self.tokenizer(full, add_special_tokens=False, truncation=True, max_length=self.max_length - 1)
+            enc = self.tokenizer(
+                full, add_special_tokens=False, truncation=True, max_length=self.max_length - 1
+            )
             eos = self.end_token_id
             return [x + [eos] for x in enc["input_ids"]]
         enc = self.tokenizer(full, add_special_tokens=True, truncation=True, max_length=self.max_length)
@@ -220,7 +225,9 @@ class Embedder(ModelWrapper):
         return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
 
     # ------------------------------------------------------------------ model
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, dim: int | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, dim: int | None = None
+    ) -> torch.Tensor:
         """Pooled, normalised embeddings (batch, dim or hidden); differentiable (training uses it)."""
         kwargs = {}
         if self.is_decoder:

@@ -29,9 +29,7 @@ def check_pairs(pairs: Iterable[Sequence[str]], name: str = "pairs") -> list[tup
             raise TypeError(f"{name}[{i}] must be a (query, document) pair of str, got {p!r:.60}")
         q, d = p
         if not isinstance(q, str) or not isinstance(d, str):
-            raise TypeError(
-                f"{name}[{i}] must hold two str, got ({type(q).__name__}, {type(d).__name__})"
-            )
+            raise TypeError(f"{name}[{i}] must hold two str, got ({type(q).__name__}, {type(d).__name__})")
         out.append((q, d))
     return out
 
@@ -43,7 +41,9 @@ def check_dim(dim: int | None, hidden: int) -> None:
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"dim must be an int or None, got {type(dim).__name__} ({dim!r})")
     if not 32 <= dim <= hidden:
-        raise ValueError(f"dim={dim} is out of range: Matryoshka dims must be between 32 and {hidden} (the hidden size)")
+        raise ValueError(
+            f"dim={dim} is out of range: Matryoshka dims must be between 32 and {hidden} (the hidden size)"
+        )
 
 
 def check_positive(value: int | None, name: str) -> None:

@@ -104,8 +104,23 @@ QWEN3_RETRIEVAL_INSTRUCTIONS: dict[str, str] = {
 QWEN3_SYMMETRIC_RETRIEVAL_TASKS: frozenset[str] = frozenset({"ArguAna"})
 
 QWEN3_STS_TASKS: frozenset[str] = frozenset(
-    {"STS12", "STS13", "STS14", "STS15", "STS16", "STS17", "STS22", "STS22.v2", "STSBenchmark",
-     "STSBenchmarkMultilingualSTS", "SICK-R", "BIOSSES", "GermanSTSBenchmark", "STSB", "STSES"}
+    {
+        "STS12",
+        "STS13",
+        "STS14",
+        "STS15",
+        "STS16",
+        "STS17",
+        "STS22",
+        "STS22.v2",
+        "STSBenchmark",
+        "STSBenchmarkMultilingualSTS",
+        "SICK-R",
+        "BIOSSES",
+        "GermanSTSBenchmark",
+        "STSB",
+        "STSES",
+    }
 )
 QWEN3_PAIR_CLASSIFICATION_TASKS: frozenset[str] = frozenset(
     {"SprintDuplicateQuestions", "TwitterSemEval2015", "TwitterURLCorpus", "PawsXPairClassification", "XNLI"}

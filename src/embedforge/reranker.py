@@ -97,7 +97,9 @@ class Reranker(ModelWrapper):
     def _single_token(self, word: str) -> int:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
         if len(ids) != 1:
-            raise ValueError(f"the tokenizer splits {word!r} into {ids}; a Qwen3 reranker tokenizer is required")
+            raise ValueError(
+                f"the tokenizer splits {word!r} into {ids}; a Qwen3 reranker tokenizer is required"
+            )
         return ids[0]
 
     @classmethod
@@ -138,7 +140,9 @@ class Reranker(ModelWrapper):
         )
 
     # ------------------------------------------------------------------ tokens
-    def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[list[int]]:
+    def tokenize_pairs(
+        self, pairs: Sequence[tuple[str, str]], instruction: str | None = None
+    ) -> list[list[int]]:
         """``prefix + pair + suffix`` token ids per (query, document); only the pair is truncated."""
         items = check_pairs(pairs)
         if not items:
@@ -194,7 +198,9 @@ class Reranker(ModelWrapper):
             progress=bar,
         )
 
-    def _score_shared_prefix(self, ids: Sequence[list[int]], prefix_len: int, max_tokens: int, bar: tqdm) -> torch.Tensor:
+    def _score_shared_prefix(
+        self, ids: Sequence[list[int]], prefix_len: int, max_tokens: int, bar: tqdm
+    ) -> torch.Tensor:
         """Run the common prefix once, then every remainder against its key/value cache."""
         from transformers import DynamicCache
 
@@ -214,7 +220,11 @@ class Reranker(ModelWrapper):
             mask = torch.cat([rest_mask.new_ones((b, prefix_len)), rest_mask], dim=1)  # (B, P + S)
             positions = position_ids_from_mask(rest_mask, offset=prefix_len)  # (B, S)
             hidden = base(
-                input_ids=rest_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+                input_ids=rest_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
             ).last_hidden_state  # (B, S, hidden)
             last = last_token_pool(hidden, rest_mask)  # (B, hidden)
             return self.scores_from_logits(self.logits_from_hidden(last))
@@ -269,7 +279,9 @@ class Reranker(ModelWrapper):
         by_query: dict[str, list[int]] = defaultdict(list)
         for i, (q, _) in enumerate(items):
             by_query[q].append(i)
-        return self.score_ids(ids, groups=list(by_query.values()), batch_tokens=batch_tokens, show_progress=show_progress)
+        return self.score_ids(
+            ids, groups=list(by_query.values()), batch_tokens=batch_tokens, show_progress=show_progress
+        )
 
     def score(
         self,

@@ -35,7 +35,9 @@ def exact_search(
     q = torch.as_tensor(queries, dtype=torch.float32)
     c = torch.as_tensor(corpus, dtype=torch.float32)
     if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
-        raise ValueError(f"queries {tuple(q.shape)} and corpus {tuple(c.shape)} must be 2-D with equal widths")
+        raise ValueError(
+            f"queries {tuple(q.shape)} and corpus {tuple(c.shape)} must be 2-D with equal widths"
+        )
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(k, c.shape[0])

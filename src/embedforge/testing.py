@@ -19,13 +19,18 @@ from .prompts import DEFAULT_QUERY_INSTRUCTION, query_prompt
 # Qwen3-Embedding append <|endoftext|> themselves; older ones and the reranker do not).
 _EOS_TEMPLATE = {
     "type": "TemplateProcessing",
-    "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
+    "single": [
+        {"Sequence": {"id": "A", "type_id": 0}},
+        {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+    ],
     "pair": [
         {"Sequence": {"id": "A", "type_id": 0}},
         {"Sequence": {"id": "B", "type_id": 1}},
         {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
     ],
-    "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [151643], "tokens": ["<|endoftext|>"]}},
+    "special_tokens": {
+        "<|endoftext|>": {"id": "<|endoftext|>", "ids": [151643], "tokens": ["<|endoftext|>"]}
+    },
 }
 
 QWEN3_EMBEDDING_PROMPTS = {"query": query_prompt(DEFAULT_QUERY_INSTRUCTION), "document": ""}

@@ -79,7 +79,9 @@ def write_embeddings(path: str | Path, embeddings: np.ndarray, ids: list[str] | 
         import pyarrow.parquet as pq
 
         ids = ids or [str(i) for i in range(len(embeddings))]
-        col = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), embeddings.shape[1])
+        col = pa.FixedSizeListArray.from_arrays(
+            pa.array(embeddings.reshape(-1), pa.float32()), embeddings.shape[1]
+        )
         pq.write_table(pa.table({"id": ids, "embedding": col}), p)
     else:
         raise ValueError(f"unsupported output {str(p)!r}: use .npy or .parquet")

@@ -138,7 +138,15 @@ def test_distributed_slices_sum_to_global_loss():
     loss = Qwen3InfoNCELoss(temperature=0.05)
     full = loss.loss_from_embeddings(q, p, neg)
     parts = [
-        loss.loss_from_embeddings(q[s : s + 3], p[s : s + 3], neg[s : s + 3], all_query=q, all_positive=p, all_negatives=neg, offset=s)
+        loss.loss_from_embeddings(
+            q[s : s + 3],
+            p[s : s + 3],
+            neg[s : s + 3],
+            all_query=q,
+            all_positive=p,
+            all_negatives=neg,
+            offset=s,
+        )
         for s in (0, 3)
     ]
     torch.testing.assert_close(parts[0] + parts[1], full)

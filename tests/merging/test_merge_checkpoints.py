@@ -39,8 +39,12 @@ def test_streaming_writer_round_trips(tmp_path):
 @pytest.fixture(scope="module")
 def two_parents(tmp_path_factory, qwen3_tokenizer_dir):
     root = tmp_path_factory.mktemp("parents")
-    a = make_random_qwen3(root / "a", qwen3_tokenizer_dir, seed=11, append_eos=True, sentence_transformers=True)
-    b = make_random_qwen3(root / "b", qwen3_tokenizer_dir, seed=12, append_eos=True, sentence_transformers=True)
+    a = make_random_qwen3(
+        root / "a", qwen3_tokenizer_dir, seed=11, append_eos=True, sentence_transformers=True
+    )
+    b = make_random_qwen3(
+        root / "b", qwen3_tokenizer_dir, seed=12, append_eos=True, sentence_transformers=True
+    )
     return a, b
 
 
@@ -126,7 +130,11 @@ def test_hub_layout_merges_with_a_saved_embedder(two_parents, tmp_path):
     a, b = two_parents
     Embedder.from_pretrained(b).save_pretrained(tmp_path / "b_saved")
     merge_checkpoints([a, tmp_path / "b_saved"], tmp_path / "m", t=[0.5])
-    sa, sb, sm = load_file(a / "model.safetensors"), load_file(b / "model.safetensors"), load_file(tmp_path / "m" / "model.safetensors")
+    sa, sb, sm = (
+        load_file(a / "model.safetensors"),
+        load_file(b / "model.safetensors"),
+        load_file(tmp_path / "m" / "model.safetensors"),
+    )
     assert set(sm) == set(sa)
     for k in sa:
         torch.testing.assert_close(sm[k], slerp(sa[k], sb[k], 0.5))

@@ -63,7 +63,9 @@ def test_n_way_fold_order_and_linear():
     a, b, c = (torch.randn(10, generator=g) for _ in range(3))
     expected = slerp(slerp(a, b, 0.5), c, 1 / 3)
     torch.testing.assert_close(merge_tensors([a, b, c], "slerp"), expected)
-    torch.testing.assert_close(merge_tensors([a, b, c], "slerp", t=[0.2, 0.7]), slerp(slerp(a, b, 0.2), c, 0.7))
+    torch.testing.assert_close(
+        merge_tensors([a, b, c], "slerp", t=[0.2, 0.7]), slerp(slerp(a, b, 0.2), c, 0.7)
+    )
     torch.testing.assert_close(merge_tensors([a, b, c], "linear", weights=[1, 1, 2]), (a + b + 2 * c) / 4)
     with pytest.raises(ValueError, match="needs 2 t values"):
         merge_tensors([a, b, c], "slerp", t=[0.5])

@@ -26,5 +26,7 @@ def persona_file(tmp_path) -> Path:
 @pytest.fixture()
 def corpus_file(tmp_path) -> Path:
     p = tmp_path / "corpus.jsonl"
-    p.write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in DOCS), encoding="utf-8")
+    p.write_text(
+        "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in DOCS), encoding="utf-8"
+    )
     return p

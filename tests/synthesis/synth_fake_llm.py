@@ -81,9 +81,17 @@ def smart_answer(prompt: str) -> dict:
         sent = " ".join(words[:8])
         return {"Source": sent, "Target": "[translated] " + sent}
     if kind == "sts":
-        return {"S1": " ".join(words[:8]), "S2": " ".join(reversed(words[:8])), "S3": "something else entirely"}
-    return {"Task": "Classify the topic of a text", "Labels": ["science", "sport", "politics"],
-            "Text": " ".join(words[:10]), "Label": "science"}
+        return {
+            "S1": " ".join(words[:8]),
+            "S2": " ".join(reversed(words[:8])),
+            "S3": "something else entirely",
+        }
+    return {
+        "Task": "Classify the topic of a text",
+        "Labels": ["science", "sport", "politics"],
+        "Text": " ".join(words[:10]),
+        "Label": "science",
+    }
 
 
 def smart_reply(body: dict, n: int) -> Action:
@@ -138,14 +146,27 @@ class FakeLLM:
                         self.connection.shutdown(socket.SHUT_RDWR)
                         return
                     if isinstance(action, Status):
-                        self._send(action.code, {"error": {"message": f"scripted {action.code}"}}, action.headers)
+                        self._send(
+                            action.code, {"error": {"message": f"scripted {action.code}"}}, action.headers
+                        )
                         return
-                    self._send(200, {
-                        "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": action.content}}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                    })
+                    self._send(
+                        200,
+                        {
+                            "id": f"chatcmpl-{n}",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": body["model"],
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": action.content},
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                        },
+                    )
                 except (BrokenPipeError, ConnectionResetError, OSError):
                     self.close_connection = True  # the client gave up (a timeout): nothing to answer
                 finally:

@@ -33,36 +33,105 @@ TEXTS = [
 @pytest.mark.slow
 def test_synth_filter_negatives_train(tmp_path, tiny_embedder_dir, minilm_dir, capsys):
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"_id": f"doc{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    corpus.write_text(
+        "".join(json.dumps({"_id": f"doc{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(TEXTS))
+    )
     personas = tmp_path / "personas.jsonl"
     personas.write_text("".join(json.dumps({"persona": p}) + "\n" for p in PERSONAS))
     synth, kept, train = tmp_path / "synth.jsonl", tmp_path / "kept.jsonl", tmp_path / "train.jsonl"
 
     with FakeLLM() as llm:
-        assert main(["synth", "retrieval", "--corpus", str(corpus), "--personas", str(personas), "--llm", llm.url,
-                     "--model", "fake-llm", "--embedder", str(tiny_embedder_dir), "--out", str(synth),
-                     "--lengths", "9-12", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "synth",
+                    "retrieval",
+                    "--corpus",
+                    str(corpus),
+                    "--personas",
+                    str(personas),
+                    "--llm",
+                    llm.url,
+                    "--model",
+                    "fake-llm",
+                    "--embedder",
+                    str(tiny_embedder_dir),
+                    "--out",
+                    str(synth),
+                    "--lengths",
+                    "9-12",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     assert len(list(iter_jsonl(synth))) == len(TEXTS)
 
-    assert main(["synth", "filter", "--in", str(synth), "--out", str(kept), "--model", str(minilm_dir),
-                 "--min-cos", "0.7", "--no-instruction", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "filter",
+                "--in",
+                str(synth),
+                "--out",
+                str(kept),
+                "--model",
+                str(minilm_dir),
+                "--min-cos",
+                "0.7",
+                "--no-instruction",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     kept_rows = list(iter_jsonl(kept))
     # MiniLM knows no instructions; the fake's queries are the passages' opening words: most clear 0.7
     assert len(kept_rows) >= 8
     assert all(r["provenance"]["cos"] >= 0.7 for r in kept_rows)
     assert "'min_cos': 0.7" in capsys.readouterr().err
 
-    assert main(["synth", "negatives", "--in", str(kept), "--out", str(train), "--embedder", str(tiny_embedder_dir),
-                 "--corpus", str(corpus), "--k", "2", "--skip-top", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "negatives",
+                "--in",
+                str(kept),
+                "--out",
+                str(train),
+                "--embedder",
+                str(tiny_embedder_dir),
+                "--corpus",
+                str(corpus),
+                "--k",
+                "2",
+                "--skip-top",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     records = load_embedding_records(train)  # the trainer's own reader accepts the file
     assert len(records) == len(kept_rows)
     for r in records:
         assert len(r.negatives) == 2 and r.positive not in r.negatives and set(r.negatives) <= set(TEXTS)
 
-    result = train_embedder(EmbedderTrainingConfig(
-        model=str(tiny_embedder_dir), data=str(train), output_dir=str(tmp_path / "model"), max_steps=3,
-        batch_size=4, learning_rate=1e-3, num_negatives=2, max_length=64, show_progress=False,
-    ))
+    result = train_embedder(
+        EmbedderTrainingConfig(
+            model=str(tiny_embedder_dir),
+            data=str(train),
+            output_dir=str(tmp_path / "model"),
+            max_steps=3,
+            batch_size=4,
+            learning_rate=1e-3,
+            num_negatives=2,
+            max_length=64,
+            show_progress=False,
+        )
+    )
     assert len(result.losses) == 3 and all(math.isfinite(x) and x > 0 for x in result.losses)
     trained = Embedder.from_pretrained(tmp_path / "model")
     assert trained.encode_queries([records[0].query]).shape == (1, 64)

@@ -51,12 +51,15 @@ def test_valid_answer_and_request_body():
     assert body["model"] == "my-model" and body["messages"] == MSG and body["max_tokens"] == 16
 
 
-@pytest.mark.parametrize("first,counter", [
-    ((Status(429, {"Retry-After": "0"}),), "rate_limited"),
-    ((Status(503), Status(500)), "server_errors"),
-    ((Drop(),), "connection_errors"),
-    ((Reply("late", delay=1.5),), "timeouts"),
-])
+@pytest.mark.parametrize(
+    "first,counter",
+    [
+        ((Status(429, {"Retry-After": "0"}),), "rate_limited"),
+        ((Status(503), Status(500)), "server_errors"),
+        ((Drop(),), "connection_errors"),
+        ((Reply("late", delay=1.5),), "timeouts"),
+    ],
+)
 def test_transient_failures_are_retried(first, counter):
     with FakeLLM(then_ok(*first)) as llm:
         backend = OpenAIBackend(llm.url, "m", retry=FAST, timeout=0.5)
@@ -68,7 +71,9 @@ def test_transient_failures_are_retried(first, counter):
 
 def test_retries_are_bounded():
     with FakeLLM(lambda body, n: Status(429, {"Retry-After": "0"})) as llm:
-        backend = OpenAIBackend(llm.url, "m", retry=RetryPolicy(max_retries=2, base_delay=0.01, max_delay=0.01))
+        backend = OpenAIBackend(
+            llm.url, "m", retry=RetryPolicy(max_retries=2, base_delay=0.01, max_delay=0.01)
+        )
         with pytest.raises(LLMError, match="after 3 attempts; last error: 429"):
             complete(backend)
     assert llm.calls == 3
@@ -91,7 +96,9 @@ def test_concurrency_limit_is_respected():
 
         async def go():
             try:
-                return await asyncio.gather(*[backend.complete(MSG, temperature=0, max_tokens=4) for _ in range(9)])
+                return await asyncio.gather(
+                    *[backend.complete(MSG, temperature=0, max_tokens=4) for _ in range(9)]
+                )
             finally:
                 await backend.aclose()
 
@@ -123,7 +130,9 @@ def test_make_backend_rejects_bad_values():
         OpenAIBackend("http://127.0.0.1:1/v1", "m", concurrency=0)
 
 
-def test_local_backend_refuses_pickle_weights_and_tokenizers_without_chat_template(tmp_path, tiny_embedder_plain_dir):
+def test_local_backend_refuses_pickle_weights_and_tokenizers_without_chat_template(
+    tmp_path, tiny_embedder_plain_dir
+):
     import shutil
 
     from embedforge.loading import CheckpointError
@@ -156,10 +165,14 @@ def test_local_backend_equals_plain_greedy_generation(tiny_embedder_plain_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_embedder_plain_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_embedder_plain_dir)
-    text = tok.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=False)
-    assert text.startswith("<|im_start|>user\n") and text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    text = tok.apply_chat_template(
+        messages, add_generation_prompt=True, enable_thinking=False, tokenize=False
+    )
+    assert text.startswith("<|im_start|>user\n") and text.endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
     ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert got == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert got == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert isinstance(json.dumps(got), str) and backend.stats.requests == 1

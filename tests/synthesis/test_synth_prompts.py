@@ -72,16 +72,29 @@ def test_configuration_template_is_the_papers_with_our_slots():
     elided = P.CONFIGURATION_TEMPLATE.format(
         **{f"desc_{k}": "..." for k in [*P.QUESTION_TYPES, *P.DIFFICULTIES]},
         examples="<Example1> <Example2> <Example3>",
-        language="{language}", passage="{passage}", character="{character}",
+        language="{language}",
+        passage="{passage}",
+        character="{character}",
     )
     assert elided == PAPER_CONFIGURATION
 
 
 def test_query_template_is_the_papers_with_our_slot():
     elided = P.QUERY_TEMPLATE.format(
-        example="<example>", **{k: "{" + k + "}" for k in
-                                ("corpus_language", "queries_language", "character", "passage", "type",
-                                 "difficulty", "length", "language")},
+        example="<example>",
+        **{
+            k: "{" + k + "}"
+            for k in (
+                "corpus_language",
+                "queries_language",
+                "character",
+                "passage",
+                "type",
+                "difficulty",
+                "length",
+                "language",
+            )
+        },
     )
     assert elided == PAPER_QUERY
 
@@ -102,12 +115,26 @@ def test_render_configuration_character_for_character():
 
 
 def test_render_query_character_for_character():
-    got = P.render_query("The passage.", "a nurse", type="yes_or_no", difficulty="phd", length=12,
-                         language="Chinese", corpus_language="English")
+    got = P.render_query(
+        "The passage.",
+        "a nurse",
+        type="yes_or_no",
+        difficulty="phd",
+        length=12,
+        language="Chinese",
+        corpus_language="English",
+    )
     expected = PAPER_QUERY.replace("<example>", P.QUERY_EXAMPLE)
-    for k, v in {"corpus_language": "English", "queries_language": "Chinese", "character": "a nurse",
-                 "passage": "The passage.", "type": "yes_or_no", "difficulty": "phd", "length": "12",
-                 "language": "Chinese"}.items():
+    for k, v in {
+        "corpus_language": "English",
+        "queries_language": "Chinese",
+        "character": "a nurse",
+        "passage": "The passage.",
+        "type": "yes_or_no",
+        "difficulty": "phd",
+        "length": "12",
+        "language": "Chinese",
+    }.items():
         expected = expected.replace("{" + k + "}", v)
     assert got == expected
     assert got.endswith(
@@ -131,16 +158,37 @@ def test_examples_hold_valid_answers_of_the_schemas():
         out = parse_output(block, ConfigurationOutput)
         assert out.character in P.CONFIGURATION_EXAMPLES
     assert len(re.findall(r"<Example\d>", P.CONFIGURATION_EXAMPLES)) == 3
-    for example, schema in [(P.QUERY_EXAMPLE, QueryOutput), (P.BITEXT_EXAMPLE, BitextOutput),
-                            (P.STS_EXAMPLE, STSOutput), (P.CLASSIFICATION_EXAMPLE, ClassificationOutput)]:
+    for example, schema in [
+        (P.QUERY_EXAMPLE, QueryOutput),
+        (P.BITEXT_EXAMPLE, BitextOutput),
+        (P.STS_EXAMPLE, STSOutput),
+        (P.CLASSIFICATION_EXAMPLE, ClassificationOutput),
+    ]:
         parse_output(example.split("**output**:\n", 1)[1], schema)
 
 
-@pytest.mark.parametrize("render,kwargs", [
-    (P.render_bitext, {"source_language": "English", "target_language": "German", "length": 9, "corpus_language": "English"}),
-    (P.render_sts, {"difficulty": "phd", "length": 9, "language": "French", "corpus_language": "English"}),
-    (P.render_classification, {"difficulty": "university", "length": 9, "language": "Thai", "corpus_language": "English"}),
-])
+@pytest.mark.parametrize(
+    "render,kwargs",
+    [
+        (
+            P.render_bitext,
+            {
+                "source_language": "English",
+                "target_language": "German",
+                "length": 9,
+                "corpus_language": "English",
+            },
+        ),
+        (
+            P.render_sts,
+            {"difficulty": "phd", "length": 9, "language": "French", "corpus_language": "English"},
+        ),
+        (
+            P.render_classification,
+            {"difficulty": "university", "length": 9, "language": "Thai", "corpus_language": "English"},
+        ),
+    ],
+)
 def test_our_templates_render_every_input(render, kwargs):
     text = render("PASSAGE {x}", **kwargs)
     assert "\n**Passage**\nPASSAGE {x}\n**Requirement**\n" in text
@@ -154,14 +202,16 @@ PROMPT_DATA_SHA256 = {"v1": "8c8e4fafe692d7656739010950f7d0bdccd2262b931c8490b8f
 
 
 def _prompt_data_hash() -> str:
-    data = {name: getattr(P, name) for name in sorted(dir(P))
-            if name.isupper() and isinstance(getattr(P, name), (str, dict))}
+    data = {
+        name: getattr(P, name)
+        for name in sorted(dir(P))
+        if name.isupper() and isinstance(getattr(P, name), (str, dict))
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def test_prompt_changes_bump_the_version():
     assert P.PROMPT_VERSION in PROMPT_DATA_SHA256, f"record the hash of {P.PROMPT_VERSION}"
     assert _prompt_data_hash() == PROMPT_DATA_SHA256[P.PROMPT_VERSION], (
-        "the prompt data changed: bump PROMPT_VERSION and record the new hash here "
-        f"({_prompt_data_hash()})"
+        f"the prompt data changed: bump PROMPT_VERSION and record the new hash here ({_prompt_data_hash()})"
     )

@@ -29,9 +29,13 @@ def read_lines(path: Path) -> list[bytes]:
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path, tiny_embedder_dir, capsys):
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(
-        json.dumps({"_id": f"doc{i}", "text": f"Document {i} explains topic number {i} in plain words."}) + "\n"
-        for i in range(N_DOCS)))
+    corpus.write_text(
+        "".join(
+            json.dumps({"_id": f"doc{i}", "text": f"Document {i} explains topic number {i} in plain words."})
+            + "\n"
+            for i in range(N_DOCS)
+        )
+    )
     personas = tmp_path / "personas.jsonl"
     personas.write_text("".join(json.dumps({"persona": p}) + "\n" for p in PERSONAS))
     out = tmp_path / "out.jsonl"
@@ -42,13 +46,35 @@ def test_sigkill_mid_run_then_resume(tmp_path, tiny_embedder_dir, capsys):
             gate.wait(timeout=120)  # the run cannot finish before the test has killed it
         return smart_reply(body, n)
 
-    args = ["synth", "retrieval", "--corpus", str(corpus), "--personas", str(personas), "--model", "fake",
-            "--embedder", str(tiny_embedder_dir), "--out", str(out), "--per-doc", str(PER_DOC),
-            "--concurrency", "4", "--max-retries", "0", "--no-progress"]
+    args = [
+        "synth",
+        "retrieval",
+        "--corpus",
+        str(corpus),
+        "--personas",
+        str(personas),
+        "--model",
+        "fake",
+        "--embedder",
+        str(tiny_embedder_dir),
+        "--out",
+        str(out),
+        "--per-doc",
+        str(PER_DOC),
+        "--concurrency",
+        "4",
+        "--max-retries",
+        "0",
+        "--no-progress",
+    ]
     with FakeLLM(script) as llm:
         env = {**os.environ, "PYTHONPATH": str(SRC)}
-        proc = subprocess.Popen([sys.executable, "-m", "embedforge.synthesis.cli", *args, "--llm", llm.url],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedforge.synthesis.cli", *args, "--llm", llm.url],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             # wait (no deadline asserted) until records are on disk and requests are held in flight
             while proc.poll() is None and not (len(read_lines(out)) >= 4 and llm.calls > OPEN_REQUESTS):

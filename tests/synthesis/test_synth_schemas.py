@@ -16,24 +16,30 @@ from embedforge.synthesis.schemas import (
 )
 
 
-@pytest.mark.parametrize("text", [
-    '{"Query": "q"}',
-    '```json\n{"Query": "q"}\n```',
-    '<think>\nlet me think {not json}\n</think>\n\n{"Query": "q"}',
-    'Sure! Here it is: {"Query": "q"} Hope this helps.',
-    '{"query": "  q  "}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"Query": "q"}',
+        '```json\n{"Query": "q"}\n```',
+        '<think>\nlet me think {not json}\n</think>\n\n{"Query": "q"}',
+        'Sure! Here it is: {"Query": "q"} Hope this helps.',
+        '{"query": "  q  "}',
+    ],
+)
 def test_lenient_where_it_costs_nothing(text):
     assert parse_output(text, QueryOutput).query == "q"
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("no json here", "no JSON object"),
-    ('{"Query": "q"', "invalid JSON"),
-    ('["Query", "q"]', "no JSON object"),
-    ('{"Question": "q"}', "QueryOutput: Query"),
-    ('{"Query": ""}', "QueryOutput: Query"),
-])
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("no json here", "no JSON object"),
+        ('{"Query": "q"', "invalid JSON"),
+        ('["Query", "q"]', "no JSON object"),
+        ('{"Question": "q"}', "QueryOutput: Query"),
+        ('{"Query": ""}', "QueryOutput: Query"),
+    ],
+)
 def test_invalid_answers_name_the_reason(text, reason):
     with pytest.raises(InvalidOutput, match=reason):
         parse_output(text, QueryOutput)
@@ -46,12 +52,19 @@ def test_extract_json_takes_the_first_object():
 
 
 def test_configuration_choices_are_closed():
-    ok = parse_output('{"Character": "a nurse", "Question_Type": "yes_or_no", "Difficulty": "phd"}', ConfigurationOutput)
+    ok = parse_output(
+        '{"Character": "a nurse", "Question_Type": "yes_or_no", "Difficulty": "phd"}', ConfigurationOutput
+    )
     assert (ok.character, ok.question_type.value, ok.difficulty.value) == ("a nurse", "yes_or_no", "phd")
     with pytest.raises(InvalidOutput, match="Question_Type"):
-        parse_output('{"Character": "a", "Question_Type": "opinion", "Difficulty": "phd"}', ConfigurationOutput)
+        parse_output(
+            '{"Character": "a", "Question_Type": "opinion", "Difficulty": "phd"}', ConfigurationOutput
+        )
     with pytest.raises(InvalidOutput, match="Difficulty"):
-        parse_output('{"Character": "a", "Question_Type": "summary", "Difficulty": "kindergarten"}', ConfigurationOutput)
+        parse_output(
+            '{"Character": "a", "Question_Type": "summary", "Difficulty": "kindergarten"}',
+            ConfigurationOutput,
+        )
 
 
 def test_task_schemas_check_their_rules():

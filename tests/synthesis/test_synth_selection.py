@@ -18,16 +18,25 @@ def minilm(minilm_dir):
 
 
 def rec(query, positive, task="retrieval", instruction=None, negatives=()):
-    return {"instruction": instruction, "query": query, "positive": positive, "negatives": list(negatives),
-            "provenance": {"task": task, "doc_id": positive[:8]}}
+    return {
+        "instruction": instruction,
+        "query": query,
+        "positive": positive,
+        "negatives": list(negatives),
+        "provenance": {"task": task, "doc_id": positive[:8]},
+    }
 
 
 PAIRS = [
     rec("how do coral reefs bleach", "Coral reefs bleach when warm water makes corals expel their algae."),
     rec("what powers a steam locomotive", "Steam locomotives turn the heat of burning coal into motion."),
     rec("best chocolate cake recipe", "The B-tree keeps database keys sorted and balanced."),  # a bad pair
-    rec("How do  CORAL reefs bleach", "coral reefs bleach when warm water makes corals expel their algae."),  # exact dup
-    rec("how do coral reefs bleach?", "Coral reefs bleach when warm water makes corals expel their algae!"),  # near dup
+    rec(
+        "How do  CORAL reefs bleach", "coral reefs bleach when warm water makes corals expel their algae."
+    ),  # exact dup
+    rec(
+        "how do coral reefs bleach?", "Coral reefs bleach when warm water makes corals expel their algae!"
+    ),  # near dup
 ]
 
 
@@ -40,7 +49,13 @@ def test_cosine_filter_and_duplicates(minilm):
 
     kept, report = filter_records(minilm, PAIRS, min_cos=0.5, near_dup=0.95)
     assert [r["query"] for r in kept] == [PAIRS[0]["query"], PAIRS[1]["query"]]
-    assert (report.total, report.kept, report.low_cosine, report.exact_duplicates, report.near_duplicates) == (5, 2, 1, 1, 1)
+    assert (
+        report.total,
+        report.kept,
+        report.low_cosine,
+        report.exact_duplicates,
+        report.near_duplicates,
+    ) == (5, 2, 1, 1, 1)
     assert kept[0]["provenance"]["cos"] == pytest.approx(float(cos[0]), abs=1e-5)
     assert "cos" not in PAIRS[0]["provenance"]  # the input is not modified
 
@@ -51,9 +66,14 @@ def test_cosine_filter_and_duplicates(minilm):
 
 
 def test_each_record_is_scored_with_its_own_instruction(minilm):
-    records = [rec("a coral reef", "Coral reefs bleach.", instruction=STS_INSTRUCTION), rec("a coral reef", "Coral reefs bleach.")]
+    records = [
+        rec("a coral reef", "Coral reefs bleach.", instruction=STS_INSTRUCTION),
+        rec("a coral reef", "Coral reefs bleach."),
+    ]
     cos, q = pair_cosines(minilm, records)
-    np.testing.assert_allclose(q[0], minilm.encode_queries(["a coral reef"], instruction=STS_INSTRUCTION)[0], atol=1e-6)
+    np.testing.assert_allclose(
+        q[0], minilm.encode_queries(["a coral reef"], instruction=STS_INSTRUCTION)[0], atol=1e-6
+    )
     np.testing.assert_allclose(q[1], minilm.encode_queries(["a coral reef"])[0], atol=1e-6)
     _, bare = pair_cosines(minilm, records, use_instructions=False)
     np.testing.assert_allclose(bare, minilm.encode_queries(["a coral reef"] * 2), atol=1e-6)
@@ -72,10 +92,25 @@ def test_filter_rejects_bad_values(minilm):
 def test_negatives_reuse_the_training_miner_per_task(tiny_embedder):
     corpus = [f"passage number {i} about topic {i % 3}" for i in range(20)]
     retrieval = [rec(f"topic {i}", corpus[i]) for i in range(3)]
-    sts = [rec(f"sentence {i}", f"paraphrase {i}", task="sts", instruction=STS_INSTRUCTION, negatives=[f"other {i}"])
-           for i in range(4)]
-    classification = [rec("great movie", "positive", task="classification", instruction="Classify sentiment",
-                          negatives=["negative"])]
+    sts = [
+        rec(
+            f"sentence {i}",
+            f"paraphrase {i}",
+            task="sts",
+            instruction=STS_INSTRUCTION,
+            negatives=[f"other {i}"],
+        )
+        for i in range(4)
+    ]
+    classification = [
+        rec(
+            "great movie",
+            "positive",
+            task="classification",
+            instruction="Classify sentiment",
+            negatives=["negative"],
+        )
+    ]
     records = [retrieval[0], sts[0], classification[0], retrieval[1], *sts[1:], retrieval[2]]
     out = add_negatives(tiny_embedder, records, corpus=corpus, k=3, skip_top=1)
     assert [r["query"] for r in out] == [r["query"] for r in records]

@@ -23,8 +23,10 @@ def test_records_and_failures_round_trip(tmp_path):
         store.add_failure(RecordKey("a", "retrieval", 2, "v1"), "timeout", model="m")
     with SynthesisStore(out) as store:
         assert store.done_keys == {RecordKey("a", "retrieval", 0, "v1"), RecordKey("a", "retrieval", 1, "v1")}
-        assert store.previously_failed() == {RecordKey("b", "retrieval", 0, "v1"): "no valid answer",
-                                             RecordKey("a", "retrieval", 2, "v1"): "timeout"}
+        assert store.previously_failed() == {
+            RecordKey("b", "retrieval", 0, "v1"): "no valid answer",
+            RecordKey("a", "retrieval", 2, "v1"): "timeout",
+        }
         store.add_records([rec("b")])  # a later success hides the earlier failure
         assert set(store.previously_failed()) == {RecordKey("a", "retrieval", 2, "v1")}
     assert [r["query"] for r in iter_jsonl(out)] == ["q a", "q a", "q b"]

@@ -68,14 +68,20 @@ matryoshka_dims: [64, 32]
 """
     (tmp_path / "c.yaml").write_text(yaml_text)
     cfg = load_config(tmp_path / "c.yaml", EmbedderTrainingConfig)
-    assert cfg.precision is Precision.BF16 and cfg.lora == LoraSettings(r=8, target_modules=["q_proj", "v_proj"])
+    assert cfg.precision is Precision.BF16 and cfg.lora == LoraSettings(
+        r=8, target_modules=["q_proj", "v_proj"]
+    )
     assert cfg.temperature == 0.01 and cfg.margin == 0.1 and cfg.in_batch_hard_negatives
-    (tmp_path / "c.json").write_text(json.dumps({"model": "m", "data": "d", "output_dir": "o", "max_steps": 1, "batch_size": 2}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({"model": "m", "data": "d", "output_dir": "o", "max_steps": 1, "batch_size": 2})
+    )
     assert load_config(tmp_path / "c.json", RerankerTrainingConfig).full_vocab is False
     # every field documents itself
     for cls in (EmbedderTrainingConfig, RerankerTrainingConfig):
         props = cls.model_json_schema()["properties"]
-        assert all(v.get("description") for v in props.values()), [k for k, v in props.items() if not v.get("description")]
+        assert all(v.get("description") for v in props.values()), [
+            k for k, v in props.items() if not v.get("description")
+        ]
 
 
 @pytest.mark.parametrize(

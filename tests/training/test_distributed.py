@@ -21,7 +21,7 @@ from embedforge.training.embedder_trainer import embedder_batch, embedder_step
 
 REPO = Path(__file__).resolve().parents[2]
 
-WORKER = r'''
+WORKER = r"""
 import json, sys
 import torch
 import torch.distributed as dist
@@ -49,7 +49,7 @@ if info.is_main:
     torch.save({"loss": total, "grads": {k: p.grad for k, p in embedder.model.named_parameters()}}, out_grads)
 cfg = EmbedderTrainingConfig.model_validate(json.load(open(cfg_path)))
 train_embedder(cfg)
-'''
+"""
 
 
 def _free_port() -> int:
@@ -64,15 +64,37 @@ def test_two_processes_equal_one_process_with_the_combined_batch(train_embedder_
     rows = make_records(k=2)[:4]
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = dict(model=str(train_embedder_dir), data=str(data), max_steps=3, batch_size=4, learning_rate=1e-4,
-                  num_negatives=2, temperature=0.05, show_progress=False, device="cpu")
+    common = dict(
+        model=str(train_embedder_dir),
+        data=str(data),
+        max_steps=3,
+        batch_size=4,
+        learning_rate=1e-4,
+        num_negatives=2,
+        temperature=0.05,
+        show_progress=False,
+        device="cpu",
+    )
     cfg2 = EmbedderTrainingConfig(output_dir=str(tmp_path / "two"), **common)
     (tmp_path / "cfg.json").write_text(cfg2.model_dump_json())
     (tmp_path / "worker.py").write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(tmp_path / "worker.py"), str(train_embedder_dir), str(data),
-           str(tmp_path / "grads.pt"), str(tmp_path / "cfg.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(tmp_path / "worker.py"),
+        str(train_embedder_dir),
+        str(data),
+        str(tmp_path / "grads.pt"),
+        str(tmp_path / "cfg.json"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -85,7 +107,9 @@ def test_two_processes_equal_one_process_with_the_combined_batch(train_embedder_
     assert two["loss"] == pytest.approx(loss, rel=1e-5)
     grads = dict(embedder.model.named_parameters())
     for name, g in two["grads"].items():
-        torch.testing.assert_close(g, grads[name].grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            g, grads[name].grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
     # the trainer: same per-step losses (so the same updates) over three steps
     one = train_embedder(EmbedderTrainingConfig(output_dir=str(tmp_path / "one"), **common))

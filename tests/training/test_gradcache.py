@@ -32,7 +32,9 @@ def test_chunked_equals_unchunked(train_embedder_dir, mrl, make_records):
         assert loss == pytest.approx(plain_loss, rel=1e-5)
         assert grads.keys() == plain.keys() and len(grads) > 5
         for name in plain:
-            torch.testing.assert_close(grads[name], plain[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(
+                grads[name], plain[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+            )
     # the gradients are not trivially zero
     assert sum(float(g.abs().sum()) for g in plain.values()) > 0
 

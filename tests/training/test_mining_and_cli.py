@@ -66,9 +66,15 @@ def test_mining_errors(minilm):
 def _beir(root):
     root.mkdir()
     (root / "qrels").mkdir()
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(CORPUS)))
-    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "memory safety in rust"}) + "\n"
-                                        + json.dumps({"_id": "q2", "text": "highest mountain"}) + "\n")
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(CORPUS))
+    )
+    (root / "queries.jsonl").write_text(
+        json.dumps({"_id": "q1", "text": "memory safety in rust"})
+        + "\n"
+        + json.dumps({"_id": "q2", "text": "highest mountain"})
+        + "\n"
+    )
     (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td5\t1\nq2\td8\t1\n")
     return root
 
@@ -76,19 +82,52 @@ def _beir(root):
 def test_cli_mine_train_merge(minilm_dir, train_embedder_dir, tmp_path):
     data = _beir(tmp_path / "beir")
     out = tmp_path / "mined.jsonl"
-    assert cli_main(["mine-negatives", "--model", str(minilm_dir), "--data", str(data), "--k", "2", "--skip-top", "1",
-                     "--out", str(out), "--quiet"]) == 0
+    assert (
+        cli_main(
+            [
+                "mine-negatives",
+                "--model",
+                str(minilm_dir),
+                "--data",
+                str(data),
+                "--k",
+                "2",
+                "--skip-top",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["query"] for r in rows] == ["memory safety in rust", "highest mountain"]
     assert all(len(r["negatives"]) == 2 and r["positive"] not in r["negatives"] for r in rows)
 
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(f"model: {train_embedder_dir}\ndata: {out}\noutput_dir: {tmp_path / 'run'}\nmax_steps: 1\nbatch_size: 2\n"
-                   "num_negatives: 2\nshow_progress: false\n")
+    cfg.write_text(
+        f"model: {train_embedder_dir}\ndata: {out}\noutput_dir: {tmp_path / 'run'}\nmax_steps: 1\nbatch_size: 2\n"
+        "num_negatives: 2\nshow_progress: false\n"
+    )
     assert cli_main(["train", "embedder", str(cfg)]) == 0
     assert Embedder.from_pretrained(tmp_path / "run").encode(["x"]).shape == (1, 64)
 
-    assert cli_main(["merge", str(train_embedder_dir), str(tmp_path / "run"), "--t", "0.5", "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert (
+        cli_main(
+            [
+                "merge",
+                str(train_embedder_dir),
+                str(tmp_path / "run"),
+                "--t",
+                "0.5",
+                "--out",
+                str(tmp_path / "m"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert Embedder.from_pretrained(tmp_path / "m").encode(["x"]).shape == (1, 64)
     with pytest.raises(SystemExit):
         cli_main(["merge", str(tmp_path / "m"), "--method", "cubic", "--out", str(tmp_path / "x")])

@@ -28,15 +28,31 @@ def _metrics_steps(path: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_losses(train_embedder_dir, embedding_jsonl, tmp_path):
-    common = dict(model=str(train_embedder_dir), data=str(embedding_jsonl), max_steps=6, batch_size=4,
-                  learning_rate=5e-3, warmup_steps=2, num_negatives=2, temperature=0.05, save_every=2,
-                  show_progress=False, device="cpu", chunk_size=3)
+    common = dict(
+        model=str(train_embedder_dir),
+        data=str(embedding_jsonl),
+        max_steps=6,
+        batch_size=4,
+        learning_rate=5e-3,
+        warmup_steps=2,
+        num_negatives=2,
+        temperature=0.05,
+        save_every=2,
+        show_progress=False,
+        device="cpu",
+        chunk_size=3,
+    )
     killed = EmbedderTrainingConfig(output_dir=str(tmp_path / "killed"), **common)
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(killed.model_dump_json())
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "embedforge.training.cli", "train", "embedder", str(cfg_path)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedforge.training.cli", "train", "embedder", str(cfg_path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
@@ -45,7 +61,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(train_embedder_dir,
             break
         time.sleep(0.01)
     proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-way (rc {proc.returncode}): {proc.stderr.read()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the run was not killed mid-way (rc {proc.returncode}): {proc.stderr.read()[-2000:]}"
+    )
     ckpt = latest_checkpoint(tmp_path / "killed")
     assert ckpt is not None and ckpt.name.startswith("step-")
     done = int(ckpt.name.split("-")[1])
@@ -67,7 +85,15 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(train_embedder_dir,
 
 
 def test_resume_without_checkpoint_is_an_error(train_embedder_dir, embedding_jsonl, tmp_path):
-    cfg = EmbedderTrainingConfig(model=str(train_embedder_dir), data=str(embedding_jsonl), output_dir=str(tmp_path / "o"),
-                                 max_steps=2, batch_size=4, num_negatives=2, resume=True, show_progress=False)
+    cfg = EmbedderTrainingConfig(
+        model=str(train_embedder_dir),
+        data=str(embedding_jsonl),
+        output_dir=str(tmp_path / "o"),
+        max_steps=2,
+        batch_size=4,
+        num_negatives=2,
+        resume=True,
+        show_progress=False,
+    )
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train_embedder(cfg)

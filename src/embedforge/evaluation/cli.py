@@ -27,7 +27,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--max-length", type=int, default=None, help="max tokens per text (default: the checkpoint's)"
     )
     p.add_argument(
-        "--batch-tokens", type=int, default=None, help="padded tokens per batch (default 4096 on CPU, 16384 on GPU)"
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per batch (default 4096 on CPU, 16384 on GPU)",
     )
     p.add_argument(
         "--task",

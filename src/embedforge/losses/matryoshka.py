@@ -78,7 +78,12 @@ class MatryoshkaLoss(nn.Module):
             raise ValueError(f"Matryoshka dims {self.dims} exceed the embedding size {full}")
         total = query.new_zeros(())
         for dim, w in zip(self.dims, self.weights, strict=True):
-            cut = {k: (truncate(v, dim) if k in _EMBEDDING_KWARGS and v is not None else v) for k, v in kw.items()}
+            cut = {
+                k: (truncate(v, dim) if k in _EMBEDDING_KWARGS and v is not None else v)
+                for k, v in kw.items()
+            }
             neg = None if negatives is None else truncate(negatives, dim)
-            total = total + w * self.base.loss_from_embeddings(truncate(query, dim), truncate(positive, dim), neg, **cut)
+            total = total + w * self.base.loss_from_embeddings(
+                truncate(query, dim), truncate(positive, dim), neg, **cut
+            )
         return total / sum(self.weights)

@@ -81,7 +81,9 @@ class Qwen3InfoNCELoss(nn.Module):
         """Encode ``batch["query"|"positive"|"negatives"]`` (``input_ids``/``attention_mask``;
         negatives flattened instance-major, K per instance) and return the loss."""
         if self.embedder is None:
-            raise ValueError("Qwen3InfoNCELoss.forward needs an embedder; pass one or call loss_from_embeddings")
+            raise ValueError(
+                "Qwen3InfoNCELoss.forward needs an embedder; pass one or call loss_from_embeddings"
+            )
         q = self.embedder.forward(**batch["query"])
         p = self.embedder.forward(**batch["positive"])
         neg = None
@@ -90,7 +92,9 @@ class Qwen3InfoNCELoss(nn.Module):
             neg = flat.view(q.shape[0], -1, flat.shape[-1])  # (n, K, dim)
         return self.loss_from_embeddings(q, p, neg)
 
-    def _mask(self, sim: torch.Tensor, threshold: torch.Tensor, same_as_positive: torch.Tensor | None) -> torch.Tensor:
+    def _mask(
+        self, sim: torch.Tensor, threshold: torch.Tensor, same_as_positive: torch.Tensor | None
+    ) -> torch.Tensor:
         """True where a term is kept. ``sim (n, m)`` raw cosine, ``threshold (n, 1)``."""
         if not self.mask_false_negatives:
             return torch.ones_like(sim, dtype=torch.bool)
@@ -117,7 +121,9 @@ class Qwen3InfoNCELoss(nn.Module):
         n, dim = query.shape
         if positive.shape != (n, dim):
             raise ValueError(f"positive must have shape {(n, dim)}, got {tuple(positive.shape)}")
-        if negatives is not None and (negatives.ndim != 3 or negatives.shape[0] != n or negatives.shape[2] != dim):
+        if negatives is not None and (
+            negatives.ndim != 3 or negatives.shape[0] != n or negatives.shape[2] != dim
+        ):
             raise ValueError(f"negatives must have shape (n={n}, K, dim={dim}), got {tuple(negatives.shape)}")
         all_query = query if all_query is None else all_query
         all_positive = positive if all_positive is None else all_positive
@@ -182,4 +188,3 @@ class Qwen3InfoNCELoss(nn.Module):
         all_logits = torch.cat(logits, dim=1)  # (n, 1 + K + ...)
         per_instance = torch.logsumexp(all_logits, dim=1) - all_logits[:, 0]  # (n,)
         return per_instance.sum() / n_all
-

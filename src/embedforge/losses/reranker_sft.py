@@ -56,7 +56,9 @@ class RerankerSFTLoss(nn.Module):
 
     def loss_from_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
-            raise ValueError(f"logits must be (n, 2 or vocab) with n = len(labels) = {labels.shape[0]}, got {tuple(logits.shape)}")
+            raise ValueError(
+                f"logits must be (n, 2 or vocab) with n = len(labels) = {labels.shape[0]}, got {tuple(logits.shape)}"
+            )
         labels = labels.long()
         if ((labels != 0) & (labels != 1)).any():
             raise ValueError(f"labels must be 0 or 1, got {labels.unique().tolist()}")

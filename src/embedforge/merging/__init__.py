@@ -9,4 +9,12 @@ from embedforge.merging.merge import (
 )
 from embedforge.merging.slerp import lerp, slerp
 
-__all__ = ["MergeMethod", "MergeResult", "lerp", "merge_checkpoints", "merge_state_dicts", "merge_tensors", "slerp"]
+__all__ = [
+    "MergeMethod",
+    "MergeResult",
+    "lerp",
+    "merge_checkpoints",
+    "merge_state_dicts",
+    "merge_tensors",
+    "slerp",
+]

@@ -51,7 +51,13 @@ class MergeResult:
     weights: list[float] | None
 
 
-def merge_tensors(tensors: Sequence[torch.Tensor], method: MergeMethod | str, *, t: Sequence[float] | None = None, weights: Sequence[float] | None = None) -> torch.Tensor:
+def merge_tensors(
+    tensors: Sequence[torch.Tensor],
+    method: MergeMethod | str,
+    *,
+    t: Sequence[float] | None = None,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
     """Merge one tensor of each checkpoint (pure function; the rule of the module docstring)."""
     method = MergeMethod(method)
     if len(tensors) < 2:
@@ -77,16 +83,27 @@ def fold_ts(n: int, t: Sequence[float] | None) -> list[float]:
         return [1.0 / k for k in range(2, n + 1)]
     ts = [float(x) for x in t]
     if len(ts) != n - 1:
-        raise ValueError(f"slerp of {n} checkpoints needs {n - 1} t values (one per fold step), got {len(ts)}: {ts}")
+        raise ValueError(
+            f"slerp of {n} checkpoints needs {n - 1} t values (one per fold step), got {len(ts)}: {ts}"
+        )
     bad = [x for x in ts if not 0.0 <= x <= 1.0]
     if bad:
         raise ValueError(f"t values must be in [0, 1], got {bad}")
     return ts
 
 
-def merge_state_dicts(states: Sequence[dict[str, torch.Tensor]], method: MergeMethod | str, *, t: Sequence[float] | None = None, weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+def merge_state_dicts(
+    states: Sequence[dict[str, torch.Tensor]],
+    method: MergeMethod | str,
+    *,
+    t: Sequence[float] | None = None,
+    weights: Sequence[float] | None = None,
+) -> dict[str, torch.Tensor]:
     """In-memory variant of :func:`merge_checkpoints` for state dicts (same checks, same rule)."""
-    check_layouts([{k: (tuple(v.shape), str(v.dtype)) for k, v in s.items()} for s in states], [str(i) for i in range(len(states))])
+    check_layouts(
+        [{k: (tuple(v.shape), str(v.dtype)) for k, v in s.items()} for s in states],
+        [str(i) for i in range(len(states))],
+    )
     return {k: merge_tensors([s[k] for s in states], method, t=t, weights=weights) for k in sorted(states[0])}
 
 
@@ -120,10 +137,14 @@ def check_layouts(layouts: Sequence[dict[str, tuple[tuple[int, ...], str]]], nam
     for layout, name in zip(layouts[1:], names[1:], strict=True):
         missing, extra = sorted(set(ref) - set(layout)), sorted(set(layout) - set(ref))
         if missing or extra:
-            raise ValueError(f"{name} and {names[0]} hold different tensors: missing {missing[:5]}, extra {extra[:5]}")
+            raise ValueError(
+                f"{name} and {names[0]} hold different tensors: missing {missing[:5]}, extra {extra[:5]}"
+            )
         for key, (shape, dtype) in ref.items():
             if layout[key] != (shape, dtype):
-                raise ValueError(f"tensor {key!r}: {names[0]} has {shape} {dtype}, {name} has {layout[key][0]} {layout[key][1]}")
+                raise ValueError(
+                    f"tensor {key!r}: {names[0]} has {shape} {dtype}, {name} has {layout[key][0]} {layout[key][1]}"
+                )
 
 
 def merge_lora_adapter(adapter_dir: Path, out_dir: Path) -> Path:
@@ -134,7 +155,9 @@ def merge_lora_adapter(adapter_dir: Path, out_dir: Path) -> Path:
     cfg = PeftConfig.from_pretrained(str(adapter_dir))
     base_path = Path(cfg.base_model_name_or_path)
     if not base_path.is_dir():
-        raise FileNotFoundError(f"the base model {cfg.base_model_name_or_path!r} of adapter {adapter_dir} is not a local directory")
+        raise FileNotFoundError(
+            f"the base model {cfg.base_model_name_or_path!r} of adapter {adapter_dir} is not a local directory"
+        )
     arch = (AutoConfig.from_pretrained(base_path).architectures or [""])[0]
     cls = AutoModelForCausalLM if arch.endswith("ForCausalLM") else AutoModel
     base = cls.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
@@ -164,7 +187,9 @@ def merge_checkpoints(
     if len(checkpoints) < 2:
         raise ValueError(f"merging needs at least two checkpoints, got {len(checkpoints)}")
     if weights is not None and (len(weights) != len(checkpoints) or sum(weights) <= 0 or min(weights) < 0):
-        raise ValueError(f"weights must be {len(checkpoints)} non-negative numbers with a positive sum, got {list(weights)}")
+        raise ValueError(
+            f"weights must be {len(checkpoints)} non-negative numbers with a positive sum, got {list(weights)}"
+        )
     if method is MergeMethod.SLERP:
         ts = fold_ts(len(checkpoints), t)
     elif t is not None:
@@ -189,18 +214,36 @@ def merge_checkpoints(
                 raise ValueError(f"{c} holds tensors that {checkpoints[0]} lacks: {extra[:5]}")
             names.append([mapping[n] for n in names[0]])
         check_layouts(
-            [{ref: (ix[own].shape, ix[own].dtype) for ref, own in zip(names[0], ns, strict=True) if own in ix} for ix, ns in zip(indices, names, strict=True)],
+            [
+                {
+                    ref: (ix[own].shape, ix[own].dtype)
+                    for ref, own in zip(names[0], ns, strict=True)
+                    if own in ix
+                }
+                for ix, ns in zip(indices, names, strict=True)
+            ],
             [str(c) for c in checkpoints],
         )
         readers = [CheckpointReader(p) for p in paths]
         try:
-            layout = {name: (info.shape, torch_dtype(info.dtype)) for name, info in sorted(indices[0].items())}
-            meta = {"format": "pt", "embedforge_merge": json.dumps({"method": method.value, "parents": [str(c) for c in checkpoints]})}
+            layout = {
+                name: (info.shape, torch_dtype(info.dtype)) for name, info in sorted(indices[0].items())
+            }
+            meta = {
+                "format": "pt",
+                "embedforge_merge": json.dumps(
+                    {"method": method.value, "parents": [str(c) for c in checkpoints]}
+                ),
+            }
             tmp_file = out / "model.safetensors.tmp"
             with StreamingWriter(tmp_file, layout, meta) as writer:
-                for j, name in enumerate(tqdm(names[0], desc=f"{method.value} merge", disable=not show_progress)):
+                for j, name in enumerate(
+                    tqdm(names[0], desc=f"{method.value} merge", disable=not show_progress)
+                ):
                     parts = [r.get(ns[j]) for r, ns in zip(readers, names, strict=True)]
-                    merged = merge_tensors(parts, method, t=ts if method is MergeMethod.SLERP else None, weights=weights)
+                    merged = merge_tensors(
+                        parts, method, t=ts if method is MergeMethod.SLERP else None, weights=weights
+                    )
                     writer.write(name, merged)
         finally:
             for r in readers:
@@ -213,4 +256,11 @@ def merge_checkpoints(
             elif f.is_dir() and not (out / f.name).exists() and f.name not in ("checkpoints",):
                 shutil.copytree(f, out / f.name)
         tmp_file.replace(out / "model.safetensors")
-    return MergeResult(out, method, len(layout), [str(c) for c in checkpoints], ts if method is MergeMethod.SLERP else None, None if weights is None else list(weights))
+    return MergeResult(
+        out,
+        method,
+        len(layout),
+        [str(c) for c in checkpoints],
+        ts if method is MergeMethod.SLERP else None,
+        None if weights is None else list(weights),
+    )

@@ -104,7 +104,12 @@ class CheckpointReader:
 class StreamingWriter:
     """Write a safetensors file tensor by tensor, in the order of the ``layout`` given upfront."""
 
-    def __init__(self, path: str | Path, layout: dict[str, tuple[tuple[int, ...], torch.dtype]], metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        layout: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         header: dict[str, object] = {}
         if metadata:
             header["__metadata__"] = metadata
@@ -117,7 +122,11 @@ class StreamingWriter:
             for s in shape:
                 numel *= s
             nbytes = numel * torch.empty((), dtype=dtype).element_size()
-            header[name] = {"dtype": _DTYPE_CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {
+                "dtype": _DTYPE_CODES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
             offset += nbytes
             self._expected.append((name, tuple(shape), dtype))
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -130,7 +139,9 @@ class StreamingWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         exp_name, shape, dtype = self._expected[self._next]
         if name != exp_name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
-            raise ValueError(f"expected tensor {exp_name!r} {shape} {dtype}, got {name!r} {tuple(tensor.shape)} {tensor.dtype}")
+            raise ValueError(
+                f"expected tensor {exp_name!r} {shape} {dtype}, got {name!r} {tuple(tensor.shape)} {tensor.dtype}"
+            )
         t = tensor.detach().contiguous().cpu()
         # reinterpret as bytes (works for bfloat16, which numpy lacks); safetensors is little-endian
         self._fh.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -140,7 +151,9 @@ class StreamingWriter:
         if self._next != len(self._expected):
             missing = [n for n, _, _ in self._expected[self._next :]]
             self._fh.close()
-            raise ValueError(f"safetensors file closed before writing {len(missing)} tensors, first {missing[0]!r}")
+            raise ValueError(
+                f"safetensors file closed before writing {len(missing)} tensors, first {missing[0]!r}"
+            )
         self._fh.close()
 
     def __enter__(self) -> StreamingWriter:

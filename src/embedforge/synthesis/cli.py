@@ -25,54 +25,112 @@ def _load_embedder(args: argparse.Namespace, name: str):
     from embedforge import Embedder
 
     return Embedder.from_pretrained(
-        name, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code
+        name,
+        device=args.device,
+        dtype=args.dtype,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
     )
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device of the embedder (default: cuda if present, else cpu)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default fp32 on CPU, bf16 on GPU)")
+    p.add_argument(
+        "--device", default=None, help="torch device of the embedder (default: cuda if present, else cpu)"
+    )
+    p.add_argument(
+        "--dtype", default=None, help="float32 | bfloat16 | float16 (default fp32 on CPU, bf16 on GPU)"
+    )
     p.add_argument("--allow-pickle", action="store_true", help="allow non-safetensors weights (unsafe)")
     p.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own Python code")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def _add_generation_options(p: argparse.ArgumentParser, task: str) -> None:
-    p.add_argument("--corpus", required=True, help="BEIR corpus.jsonl, JSONL with a text field, or a folder of text files")
-    p.add_argument("--text-field", default=None, help="JSONL field holding the text (default: text/contents/content/passage/body)")
-    p.add_argument("--llm", required=True, help="OpenAI-compatible base URL (e.g. http://host:8000/v1) or local:PATH")
+    p.add_argument(
+        "--corpus",
+        required=True,
+        help="BEIR corpus.jsonl, JSONL with a text field, or a folder of text files",
+    )
+    p.add_argument(
+        "--text-field",
+        default=None,
+        help="JSONL field holding the text (default: text/contents/content/passage/body)",
+    )
+    p.add_argument(
+        "--llm", required=True, help="OpenAI-compatible base URL (e.g. http://host:8000/v1) or local:PATH"
+    )
     p.add_argument("--model", default=None, help="model name sent to the endpoint (required with a URL)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--extra-body", default=None,
-                   help='JSON merged into every request, e.g. \'{"chat_template_kwargs": {"enable_thinking": false}}\' (vLLM, SGLang)')
-    p.add_argument("--out", required=True, help="output JSONL (resumed if it exists; failures go to OUT.failed.jsonl)")
-    p.add_argument("--languages", nargs="+", default=["en"],
-                   help="languages of the generated text with optional weights: en zh=2 or en=0.7,zh=0.3")
+    p.add_argument(
+        "--extra-body",
+        default=None,
+        help='JSON merged into every request, e.g. \'{"chat_template_kwargs": {"enable_thinking": false}}\' (vLLM, SGLang)',
+    )
+    p.add_argument(
+        "--out", required=True, help="output JSONL (resumed if it exists; failures go to OUT.failed.jsonl)"
+    )
+    p.add_argument(
+        "--languages",
+        nargs="+",
+        default=["en"],
+        help="languages of the generated text with optional weights: en zh=2 or en=0.7,zh=0.3",
+    )
     p.add_argument("--corpus-language", default="en", help="language the corpus is written in")
     p.add_argument("--lengths", default="5-20", help="length in words, drawn uniformly from LOW-HIGH")
-    p.add_argument("--difficulties", nargs="+", default=None,
-                   help="difficulty distribution (high_school university phd, optional =WEIGHT); "
-                   + ("default: stage 1's choice" if task == "retrieval" else "default: uniform"))
+    p.add_argument(
+        "--difficulties",
+        nargs="+",
+        default=None,
+        help="difficulty distribution (high_school university phd, optional =WEIGHT); "
+        + ("default: stage 1's choice" if task == "retrieval" else "default: uniform"),
+    )
     if task == "retrieval":
-        p.add_argument("--personas", default=None, help="persona library (JSONL {\"persona\": ...} or one a line); default: built-in")
-        p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedding model that retrieves the personas")
-        p.add_argument("--question-types", nargs="+", default=None,
-                       help="question-type distribution overriding stage 1's choice (keywords acquire_knowledge ...)")
-        p.add_argument("--top-personas", type=int, default=5, help="candidate personas per passage (paper: 5)")
-        p.add_argument("--cache-dir", default=None, help="keep the persona library's embeddings here across runs")
+        p.add_argument(
+            "--personas",
+            default=None,
+            help='persona library (JSONL {"persona": ...} or one a line); default: built-in',
+        )
+        p.add_argument(
+            "--embedder", default=DEFAULT_EMBEDDER, help="embedding model that retrieves the personas"
+        )
+        p.add_argument(
+            "--question-types",
+            nargs="+",
+            default=None,
+            help="question-type distribution overriding stage 1's choice (keywords acquire_knowledge ...)",
+        )
+        p.add_argument(
+            "--top-personas", type=int, default=5, help="candidate personas per passage (paper: 5)"
+        )
+        p.add_argument(
+            "--cache-dir", default=None, help="keep the persona library's embeddings here across runs"
+        )
     p.add_argument("--per-doc", type=int, default=1, help="records per document")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--limit", type=int, default=None, help="use only the first N documents")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--max-retries", type=int, default=6, help="retries per request (timeouts, 429, 5xx, dropped connections)")
-    p.add_argument("--backoff", type=float, default=0.5, help="base delay of the jittered exponential backoff, seconds")
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=6,
+        help="retries per request (timeouts, 429, 5xx, dropped connections)",
+    )
+    p.add_argument(
+        "--backoff", type=float, default=0.5, help="base delay of the jittered exponential backoff, seconds"
+    )
     p.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between retries, seconds")
-    p.add_argument("--max-invalid", type=int, default=3, help="attempts per LLM call when the answer is not valid JSON")
+    p.add_argument(
+        "--max-invalid", type=int, default=3, help="attempts per LLM call when the answer is not valid JSON"
+    )
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--max-tokens", type=int, default=512, help="answer budget per LLM call")
-    p.add_argument("--max-passage-chars", type=int, default=6000, help="passages are cut to this length in prompts")
-    p.add_argument("--fsync", action="store_true", help="fsync after every record (survives power loss, slower)")
+    p.add_argument(
+        "--max-passage-chars", type=int, default=6000, help="passages are cut to this length in prompts"
+    )
+    p.add_argument(
+        "--fsync", action="store_true", help="fsync after every record (survives power loss, slower)"
+    )
     _add_model_options(p)
 
 
@@ -107,10 +165,15 @@ def run_generate(args: argparse.Namespace) -> int:
         corpus_language=args.corpus_language,
         lengths=LengthRange.parse(args.lengths),
         question_types=Choice.parse(args.question_types, allowed=QUESTION_TYPE_NAMES)
-        if getattr(args, "question_types", None) else None,
+        if getattr(args, "question_types", None)
+        else None,
         difficulties=Choice.parse(args.difficulties, allowed=DIFFICULTY_NAMES) if args.difficulties else None,
-        per_doc=args.per_doc, seed=args.seed, temperature=args.temperature, max_tokens=args.max_tokens,
-        max_invalid=args.max_invalid, top_personas=getattr(args, "top_personas", 5),
+        per_doc=args.per_doc,
+        seed=args.seed,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        max_invalid=args.max_invalid,
+        top_personas=getattr(args, "top_personas", 5),
         max_passage_chars=args.max_passage_chars,
     )
     if args.limit is not None and args.limit < 1:
@@ -122,14 +185,31 @@ def run_generate(args: argparse.Namespace) -> int:
 
         library = load_personas(args.personas)
         cache = EmbeddingCache(args.cache_dir) if args.cache_dir else None
-        personas = PersonaIndex(_load_embedder(args, args.embedder), library, cache=cache,
-                                show_progress=not args.no_progress)
+        personas = PersonaIndex(
+            _load_embedder(args, args.embedder), library, cache=cache, show_progress=not args.no_progress
+        )
     backend = make_backend(
-        args.llm, args.model, api_key=os.environ.get(args.api_key_env), concurrency=args.concurrency,
-        timeout=args.timeout, retry=RetryPolicy(args.max_retries, args.backoff, args.max_backoff), seed=args.seed,
-        allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, extra_body=_json_object(args.extra_body),
+        args.llm,
+        args.model,
+        api_key=os.environ.get(args.api_key_env),
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        retry=RetryPolicy(args.max_retries, args.backoff, args.max_backoff),
+        seed=args.seed,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        extra_body=_json_object(args.extra_body),
     )
-    report = synthesize(task, docs, backend, args.out, cfg, personas=personas, show_progress=not args.no_progress, fsync=args.fsync)
+    report = synthesize(
+        task,
+        docs,
+        backend,
+        args.out,
+        cfg,
+        personas=personas,
+        show_progress=not args.no_progress,
+        fsync=args.fsync,
+    )
     print(
         f"{report.task}: {report.done} done, {report.failed} failed, {report.skipped} skipped (of {report.total}); "
         f"{report.requests} requests, {report.retries} retries, {report.rate_limited} rate-limited -> {report.out}"
@@ -146,8 +226,12 @@ def run_filter(args: argparse.Namespace) -> int:
     near = None if args.near_dup <= 0 else args.near_dup
     records = list(iter_jsonl(args.input))
     kept, report = filter_records(
-        _load_embedder(args, args.model), records, min_cos=args.min_cos, near_dup=near,
-        use_instructions=not args.no_instruction, show_progress=not args.no_progress,
+        _load_embedder(args, args.model),
+        records,
+        min_cos=args.min_cos,
+        near_dup=near,
+        use_instructions=not args.no_instruction,
+        show_progress=not args.no_progress,
     )
     write_jsonl(args.out, kept)
     print(f"filter: {asdict(report)} -> {args.out}", file=sys.stderr)
@@ -162,7 +246,11 @@ def run_negatives(args: argparse.Namespace) -> int:
     records = list(iter_jsonl(args.input))
     corpus = [d.text for d in load_corpus(args.corpus, text_field=args.text_field)] if args.corpus else None
     out = add_negatives(
-        _load_embedder(args, args.embedder), records, corpus=corpus, k=args.k, skip_top=args.skip_top,
+        _load_embedder(args, args.embedder),
+        records,
+        corpus=corpus,
+        k=args.k,
+        skip_top=args.skip_top,
         show_progress=not args.no_progress,
     )
     write_jsonl(args.out, out)
@@ -184,8 +272,12 @@ def _guard(fn):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``synth`` command group to the ``embedforge`` parser."""
-    synth = subparsers.add_parser("synth", help="persona-driven synthetic training data (generate, filter, negatives)")
-    sub = synth.add_subparsers(dest="synth_task", required=True, metavar="{" + ",".join(GENERATION_TASKS) + ",filter,negatives}")
+    synth = subparsers.add_parser(
+        "synth", help="persona-driven synthetic training data (generate, filter, negatives)"
+    )
+    sub = synth.add_subparsers(
+        dest="synth_task", required=True, metavar="{" + ",".join(GENERATION_TASKS) + ",filter,negatives}"
+    )
     helps = {
         "retrieval": "queries for passages: the paper's two-stage, persona-driven recipe",
         "bitext": "sentence pairs in two languages (bitext mining)",
@@ -201,19 +293,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, help="kept records JSONL")
     f.add_argument("--model", default=DEFAULT_EMBEDDER, help="embedding model that scores the pairs")
     f.add_argument("--min-cos", type=float, default=0.7, help="lowest cosine kept (the paper: 0.7)")
-    f.add_argument("--near-dup", type=float, default=0.95, help="query cosine above which a later record is a near duplicate; 0 = off")
-    f.add_argument("--no-instruction", action="store_true",
-                   help="embed queries without their instructions (for embedders not trained with instructions)")
+    f.add_argument(
+        "--near-dup",
+        type=float,
+        default=0.95,
+        help="query cosine above which a later record is a near duplicate; 0 = off",
+    )
+    f.add_argument(
+        "--no-instruction",
+        action="store_true",
+        help="embed queries without their instructions (for embedders not trained with instructions)",
+    )
     _add_model_options(f)
     f.set_defaults(func=_guard(run_filter))
     n = sub.add_parser("negatives", help="mine hard negatives into the training JSONL")
     n.add_argument("--in", dest="input", required=True, help="records JSONL")
     n.add_argument("--out", required=True, help="records with negatives JSONL")
     n.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedding model that ranks the corpus")
-    n.add_argument("--corpus", default=None, help="corpus to mine retrieval negatives from (default: the records' positives)")
+    n.add_argument(
+        "--corpus",
+        default=None,
+        help="corpus to mine retrieval negatives from (default: the records' positives)",
+    )
     n.add_argument("--text-field", default=None, help="JSONL field holding the corpus text")
     n.add_argument("--k", type=int, default=7, help="negatives per record")
-    n.add_argument("--skip-top", type=int, default=10, help="ranks skipped before taking negatives (likely positives)")
+    n.add_argument(
+        "--skip-top", type=int, default=10, help="ranks skipped before taking negatives (likely positives)"
+    )
     _add_model_options(n)
     n.set_defaults(func=_guard(run_negatives))
 

@@ -13,12 +13,38 @@ from dataclasses import dataclass, field
 from embedforge.synthesis.schemas import Difficulty, QuestionType
 
 LANGUAGE_NAMES: dict[str, str] = {
-    "ar": "Arabic", "bn": "Bengali", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek",
-    "en": "English", "es": "Spanish", "fa": "Persian", "fi": "Finnish", "fr": "French", "he": "Hebrew",
-    "hi": "Hindi", "hu": "Hungarian", "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean",
-    "nl": "Dutch", "no": "Norwegian", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian",
-    "sv": "Swedish", "sw": "Swahili", "th": "Thai", "tr": "Turkish", "uk": "Ukrainian", "ur": "Urdu",
-    "vi": "Vietnamese", "zh": "Chinese",
+    "ar": "Arabic",
+    "bn": "Bengali",
+    "cs": "Czech",
+    "da": "Danish",
+    "de": "German",
+    "el": "Greek",
+    "en": "English",
+    "es": "Spanish",
+    "fa": "Persian",
+    "fi": "Finnish",
+    "fr": "French",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "hu": "Hungarian",
+    "id": "Indonesian",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "nl": "Dutch",
+    "no": "Norwegian",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "ro": "Romanian",
+    "ru": "Russian",
+    "sv": "Swedish",
+    "sw": "Swahili",
+    "th": "Thai",
+    "tr": "Turkish",
+    "uk": "Ukrainian",
+    "ur": "Urdu",
+    "vi": "Vietnamese",
+    "zh": "Chinese",
 }
 
 
@@ -30,7 +56,9 @@ def language_name(code_or_name: str) -> str:
     if s.lower() in LANGUAGE_NAMES:
         return LANGUAGE_NAMES[s.lower()]
     if len(s) <= 3 and s.isalpha() and s.islower():
-        raise ValueError(f"unknown language code {s!r}; known codes: {sorted(LANGUAGE_NAMES)} (or write the name)")
+        raise ValueError(
+            f"unknown language code {s!r}; known codes: {sorted(LANGUAGE_NAMES)} (or write the name)"
+        )
     return s
 
 
@@ -43,14 +71,20 @@ class Choice:
 
     def __post_init__(self) -> None:
         if not self.options or len(self.options) != len(self.weights):
-            raise ValueError(f"a choice needs options with one weight each, got {self.options} / {self.weights}")
+            raise ValueError(
+                f"a choice needs options with one weight each, got {self.options} / {self.weights}"
+            )
         if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-            raise ValueError(f"weights must be >= 0 with a positive sum, got {dict(zip(self.options, self.weights, strict=True))}")
+            raise ValueError(
+                f"weights must be >= 0 with a positive sum, got {dict(zip(self.options, self.weights, strict=True))}"
+            )
         if len(set(self.options)) != len(self.options):
             raise ValueError(f"options must be distinct, got {self.options}")
 
     @classmethod
-    def parse(cls, spec: str | Sequence[str], *, allowed: Sequence[str] | None = None, normalise=None) -> Choice:
+    def parse(
+        cls, spec: str | Sequence[str], *, allowed: Sequence[str] | None = None, normalise=None
+    ) -> Choice:
         items = spec.split(",") if isinstance(spec, str) else [p for s in spec for p in s.split(",")]
         options, weights = [], []
         for item in (i.strip() for i in items):

@@ -192,9 +192,13 @@ class LocalBackend:
         self.device = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=trust_remote_code)
         if self.tokenizer.chat_template is None:
-            raise ValueError(f"the tokenizer at {path!r} has no chat template; a chat (instruct) model is needed")
+            raise ValueError(
+                f"the tokenizer at {path!r} has no chat template; a chat (instruct) model is needed"
+            )
         self.model = AutoModelForCausalLM.from_pretrained(
-            str(ckpt), dtype=resolve_dtype(dtype, self.device), use_safetensors=fmt == "safetensors",
+            str(ckpt),
+            dtype=resolve_dtype(dtype, self.device),
+            use_safetensors=fmt == "safetensors",
             trust_remote_code=trust_remote_code,
         ).to(self.device)
         self.model.eval()
@@ -224,7 +228,9 @@ class LocalBackend:
 
     async def complete(self, messages: list[Message], *, temperature: float, max_tokens: int) -> str:
         # the thread lock serialises generation; to_thread keeps the event loop (and the writer) running
-        return await asyncio.to_thread(self.generate, messages, temperature=temperature, max_tokens=max_tokens)
+        return await asyncio.to_thread(
+            self.generate, messages, temperature=temperature, max_tokens=max_tokens
+        )
 
     async def aclose(self) -> None:
         return None
@@ -245,12 +251,22 @@ def make_backend(
 ) -> LLMBackend:
     """``local:PATH`` gives a :class:`LocalBackend`; an ``http(s)://`` URL an :class:`OpenAIBackend`."""
     if llm.startswith("local:"):
-        return LocalBackend(llm[len("local:") :], allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, seed=seed)
+        return LocalBackend(
+            llm[len("local:") :], allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, seed=seed
+        )
     if llm.startswith(("http://", "https://")):
         if not model:
             raise ValueError(f"--model is required with an OpenAI-compatible endpoint ({llm})")
         return OpenAIBackend(
-            llm, model, api_key=api_key, concurrency=concurrency, timeout=timeout,
-            retry=retry or RetryPolicy(), seed=seed, extra_body=extra_body,
+            llm,
+            model,
+            api_key=api_key,
+            concurrency=concurrency,
+            timeout=timeout,
+            retry=retry or RetryPolicy(),
+            seed=seed,
+            extra_body=extra_body,
         )
-    raise ValueError(f"--llm must be an http(s):// URL of an OpenAI-compatible endpoint or local:PATH, got {llm!r}")
+    raise ValueError(
+        f"--llm must be an http(s):// URL of an OpenAI-compatible endpoint or local:PATH, got {llm!r}"
+    )

@@ -53,9 +53,14 @@ class PersonaIndex:
         self.embedder = embedder
         self.personas = list(personas)
         encoded = cached_encode(
-            cache, model_fingerprint=embedder.fingerprint, max_length=embedder.max_length, pooling=embedder.pooling,
-            texts=self.personas, prompt=embedder.prompts.get("document", ""),
-            encode=lambda texts: embedder.encode_documents(list(texts)), desc="embed personas",
+            cache,
+            model_fingerprint=embedder.fingerprint,
+            max_length=embedder.max_length,
+            pooling=embedder.pooling,
+            texts=self.personas,
+            prompt=embedder.prompts.get("document", ""),
+            encode=lambda texts: embedder.encode_documents(list(texts)),
+            desc="embed personas",
             show_progress=show_progress,
         )
         self.embeddings = np.array(encoded.embeddings, dtype=np.float32)  # (n_persona, d), in memory
@@ -128,7 +133,9 @@ async def _run(
                 store.add_records([record.model_dump(mode="json")])
                 counts["done"] += 1
             bar.update(1)
-            bar.set_postfix(done=counts["done"], failed=counts["failed"], skipped=counts["skipped"], refresh=False)
+            bar.set_postfix(
+                done=counts["done"], failed=counts["failed"], skipped=counts["skipped"], refresh=False
+            )
 
     jobs = [asyncio.ensure_future(produce())] + [asyncio.ensure_future(work()) for _ in range(workers)]
     try:
@@ -164,13 +171,24 @@ def synthesize(
         pending = [(d, k) for d, k in keys if k not in store.done_keys]
         counts = {"done": 0, "failed": 0, "skipped": len(keys) - len(pending)}
         with tqdm(
-            total=len(keys), initial=counts["skipped"], disable=not show_progress, unit="rec", desc=f"synth {task}"
+            total=len(keys),
+            initial=counts["skipped"],
+            disable=not show_progress,
+            unit="rec",
+            desc=f"synth {task}",
         ) as bar:
             bar.set_postfix(done=0, failed=0, skipped=counts["skipped"])
             asyncio.run(_run(runner, pending, backend, store, cfg, personas, bar, counts, chunk))
         return SynthesisReport(
-            task=runner.name, total=len(keys), done=counts["done"], failed=counts["failed"],
-            skipped=counts["skipped"], retried=sum(1 for _, k in pending if k in before),
-            requests=backend.stats.requests, retries=backend.stats.retries, rate_limited=backend.stats.rate_limited,
-            out=store.path, failed_out=store.failed_path,
+            task=runner.name,
+            total=len(keys),
+            done=counts["done"],
+            failed=counts["failed"],
+            skipped=counts["skipped"],
+            retried=sum(1 for _, k in pending if k in before),
+            requests=backend.stats.requests,
+            retries=backend.stats.retries,
+            rate_limited=backend.stats.rate_limited,
+            out=store.path,
+            failed_out=store.failed_path,
         )

@@ -32,8 +32,7 @@ DIFFICULTIES: dict[str, str] = {
     "high_school": "answerable with general knowledge and everyday words; a curious high-school student "
     "could ask it",
     "university": "needs subject knowledge at undergraduate level and uses the field's common terms",
-    "phd": "needs expert, research-level knowledge; uses precise technical terms and makes fine "
-    "distinctions",
+    "phd": "needs expert, research-level knowledge; uses precise technical terms and makes fine distinctions",
 }
 
 # --- stage 1: configuration (the paper's template; "..." and the example line are our slots) -----
@@ -118,8 +117,11 @@ _CONFIGURATION_EXAMPLES: list[dict] = [
             "a retired accountant who enjoys popular science documentaries",
             "a pharmacist checking how certain drugs affect cell metabolism",
         ],
-        "output": {"Character": "a biochemistry PhD student studying electron transport chain inhibitors",
-                   "Question_Type": "acquire_knowledge", "Difficulty": "phd"},
+        "output": {
+            "Character": "a biochemistry PhD student studying electron transport chain inhibitors",
+            "Question_Type": "acquire_knowledge",
+            "Difficulty": "phd",
+        },
     },
     {
         "passage": "The city council approved a plan to turn the old rail yard into a public park with "
@@ -132,8 +134,11 @@ _CONFIGURATION_EXAMPLES: list[dict] = [
             "a cyclist who commutes to work every day",
             "a small farmer looking for new places to sell vegetables",
         ],
-        "output": {"Character": "a parent of two young children living near the city centre",
-                   "Question_Type": "yes_or_no", "Difficulty": "high_school"},
+        "output": {
+            "Character": "a parent of two young children living near the city centre",
+            "Question_Type": "yes_or_no",
+            "Difficulty": "high_school",
+        },
     },
     {
         "passage": "Gradient clipping rescales the gradient when its norm exceeds a threshold. It keeps "
@@ -146,8 +151,11 @@ _CONFIGURATION_EXAMPLES: list[dict] = [
             "a robotics hobbyist training small neural networks at home",
             "a mathematics lecturer interested in optimisation methods",
         ],
-        "output": {"Character": "a computer science undergraduate taking a first deep learning course",
-                   "Question_Type": "background", "Difficulty": "university"},
+        "output": {
+            "Character": "a computer science undergraduate taking a first deep learning course",
+            "Question_Type": "background",
+            "Difficulty": "university",
+        },
     },
 ]
 
@@ -179,7 +187,7 @@ QUERY_EXAMPLE = (
 BITEXT_TEMPLATE = (
     "Given a **Passage** and a **Requirement**, write one sentence in {source_language} language that states "
     "a fact from the **Passage**, and its faithful translation into {target_language} language. Please return "
-    "the result in JSON format with the keys \"Source\" and \"Target\".\n"
+    'the result in JSON format with the keys "Source" and "Target".\n'
     "\n"
     "Here is an example:\n"
     "{example}\n"
@@ -203,14 +211,18 @@ BITEXT_EXAMPLE = (
     "- Source: the source sentence should be in English language;\n"
     "- Target: the target sentence should be in German language and mean exactly the same;\n"
     "**output**:\n"
-    + _json({"Source": "The old rail yard will become a public park with bike paths.",
-             "Target": "Der alte Rangierbahnhof wird ein öffentlicher Park mit Radwegen."})
+    + _json(
+        {
+            "Source": "The old rail yard will become a public park with bike paths.",
+            "Target": "Der alte Rangierbahnhof wird ein öffentlicher Park mit Radwegen.",
+        }
+    )
     + "\n</example>"
 )
 
 STS_TEMPLATE = (
-    "Given a **Passage** and a **Requirement**, write three sentences in JSON format with the keys \"S1\", "
-    "\"S2\" and \"S3\": S1 states one idea of the **Passage**; S2 says the same as S1 in different words "
+    'Given a **Passage** and a **Requirement**, write three sentences in JSON format with the keys "S1", '
+    '"S2" and "S3": S1 states one idea of the **Passage**; S2 says the same as S1 in different words '
     "(a paraphrase with high semantic similarity); S3 is on the same topic but means something different "
     "(low semantic similarity to S1).\n"
     "\n"
@@ -233,26 +245,30 @@ STS_EXAMPLE = (
     "<example>\n**Passage**\nGradient clipping rescales the gradient when its norm exceeds a threshold.\n"
     "**Requirement**\n- Difficulty: university;\n- Length: each sentence should be about 10 words;\n"
     "- Language: the sentences should be in English language;\n**output**:\n"
-    + _json({"S1": "Clipping shrinks the gradient whenever its norm grows too large.",
-             "S2": "When the gradient norm passes a limit, clipping scales it down.",
-             "S3": "Large learning rates can make the gradient norm grow quickly."})
+    + _json(
+        {
+            "S1": "Clipping shrinks the gradient whenever its norm grows too large.",
+            "S2": "When the gradient norm passes a limit, clipping scales it down.",
+            "S3": "Large learning rates can make the gradient norm grow quickly.",
+        }
+    )
     + "\n</example>"
 )
 
 CLASSIFICATION_TEMPLATE = (
     "Given a **Passage** and a **Requirement**, invent a text classification task that the **Passage**'s "
     "domain suggests (for example topic, sentiment, intent or genre), then write one new text for it and "
-    "give its label. Please return the result in JSON format with the keys \"Task\" (a one-sentence "
-    "instruction that describes the classification), \"Labels\" (two to eight short label names), "
-    "\"Text\" (the new text) and \"Label\" (the text's label, one of \"Labels\").\n"
+    'give its label. Please return the result in JSON format with the keys "Task" (a one-sentence '
+    'instruction that describes the classification), "Labels" (two to eight short label names), '
+    '"Text" (the new text) and "Label" (the text\'s label, one of "Labels").\n'
     "\n"
     "Here is an example:\n"
     "{example}\n"
     "\n"
     "Now, generate the **output** based on the **Passage** and **Requirement** from user, the **Passage** will "
     "be in {corpus_language} language and the **Requirement** will be in English.\n"
-    "Ensure to generate only the JSON output, with the keys, \"Task\" and \"Labels\" in English and "
-    "\"Text\" in {language} language.\n"
+    'Ensure to generate only the JSON output, with the keys, "Task" and "Labels" in English and '
+    '"Text" in {language} language.\n'
     "\n"
     "**Passage**\n"
     "{passage}\n"
@@ -266,10 +282,14 @@ CLASSIFICATION_EXAMPLE = (
     "<example>\n**Passage**\nThe city council approved a plan to turn the old rail yard into a public park.\n"
     "**Requirement**\n- Difficulty: high_school;\n- Length: the text should be about 14 words;\n"
     "- Language: the text should be in English language;\n**output**:\n"
-    + _json({"Task": "Classify the sentiment of a resident's comment about a city project",
-             "Labels": ["positive", "negative", "neutral"],
-             "Text": "Finally a park where the kids can play instead of that ugly fenced rail yard!",
-             "Label": "positive"})
+    + _json(
+        {
+            "Task": "Classify the sentiment of a resident's comment about a city project",
+            "Labels": ["positive", "negative", "neutral"],
+            "Text": "Finally a park where the kids can play instead of that ugly fenced rail yard!",
+            "Label": "positive",
+        }
+    )
     + "\n</example>"
 )
 
@@ -293,7 +313,14 @@ def render_configuration(passage: str, personas: list[str], language: str) -> st
 
 
 def render_query(
-    passage: str, character: str, *, type: str, difficulty: str, length: int, language: str, corpus_language: str
+    passage: str,
+    character: str,
+    *,
+    type: str,
+    difficulty: str,
+    length: int,
+    language: str,
+    corpus_language: str,
 ) -> str:
     """The stage-2 prompt: the paper's template with our example."""
     return QUERY_TEMPLATE.format(
@@ -309,22 +336,38 @@ def render_query(
     )
 
 
-def render_bitext(passage: str, *, source_language: str, target_language: str, length: int, corpus_language: str) -> str:
+def render_bitext(
+    passage: str, *, source_language: str, target_language: str, length: int, corpus_language: str
+) -> str:
     return BITEXT_TEMPLATE.format(
-        example=BITEXT_EXAMPLE, passage=passage, source_language=source_language,
-        target_language=target_language, length=length, corpus_language=corpus_language,
+        example=BITEXT_EXAMPLE,
+        passage=passage,
+        source_language=source_language,
+        target_language=target_language,
+        length=length,
+        corpus_language=corpus_language,
     )
 
 
 def render_sts(passage: str, *, difficulty: str, length: int, language: str, corpus_language: str) -> str:
     return STS_TEMPLATE.format(
-        example=STS_EXAMPLE, passage=passage, difficulty=difficulty, length=length, language=language,
+        example=STS_EXAMPLE,
+        passage=passage,
+        difficulty=difficulty,
+        length=length,
+        language=language,
         corpus_language=corpus_language,
     )
 
 
-def render_classification(passage: str, *, difficulty: str, length: int, language: str, corpus_language: str) -> str:
+def render_classification(
+    passage: str, *, difficulty: str, length: int, language: str, corpus_language: str
+) -> str:
     return CLASSIFICATION_TEMPLATE.format(
-        example=CLASSIFICATION_EXAMPLE, passage=passage, difficulty=difficulty, length=length,
-        language=language, corpus_language=corpus_language,
+        example=CLASSIFICATION_EXAMPLE,
+        passage=passage,
+        difficulty=difficulty,
+        length=length,
+        language=language,
+        corpus_language=corpus_language,
     )

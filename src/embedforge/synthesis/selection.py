@@ -56,8 +56,11 @@ def query_embeddings(
         groups.setdefault(r.get("instruction") if use_instructions else None, []).append(i)
     out: np.ndarray | None = None
     for inst, rows in groups.items():
-        q = np.asarray(embedder.encode_queries([records[i]["query"] for i in rows], instruction=inst,
-                                               show_progress=show_progress))
+        q = np.asarray(
+            embedder.encode_queries(
+                [records[i]["query"] for i in rows], instruction=inst, show_progress=show_progress
+            )
+        )
         if out is None:
             out = np.empty((len(records), q.shape[1]), dtype=np.float32)
         out[rows] = q
@@ -69,8 +72,12 @@ def pair_cosines(
     embedder: Any, records: Sequence[dict], *, use_instructions: bool = True, show_progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine of each record's instructed query with its positive, and the query embeddings."""
-    q = query_embeddings(embedder, records, use_instructions=use_instructions, show_progress=show_progress)  # (n, d)
-    d = np.asarray(embedder.encode_documents([r["positive"] for r in records], show_progress=show_progress))  # (n, d)
+    q = query_embeddings(
+        embedder, records, use_instructions=use_instructions, show_progress=show_progress
+    )  # (n, d)
+    d = np.asarray(
+        embedder.encode_documents([r["positive"] for r in records], show_progress=show_progress)
+    )  # (n, d)
     return (q * d).sum(axis=1), q
 
 
@@ -111,7 +118,10 @@ def filter_records(
         keep_mask = np.zeros(len(unique), dtype=bool)
         for a in range(len(unique)):
             # an earlier kept query this close makes record a a near duplicate
-            dup = any(b < a and keep_mask[b] and s >= near_dup for b, s in zip(hits.indices[a], hits.scores[a], strict=True))
+            dup = any(
+                b < a and keep_mask[b] and s >= near_dup
+                for b, s in zip(hits.indices[a], hits.scores[a], strict=True)
+            )
             keep_mask[a] = not dup
         kept = [unique[a] for a in range(len(unique)) if keep_mask[a]]
     out = []
@@ -123,9 +133,13 @@ def filter_records(
             r["cos"] = round(float(cos[i]), 6)
         out.append(r)
     report = FilterReport(
-        total=len(records), kept=len(out), low_cosine=len(records) - len(good),
-        exact_duplicates=len(good) - len(unique), near_duplicates=len(unique) - len(kept),
-        min_cos=min_cos, near_dup=near_dup,
+        total=len(records),
+        kept=len(out),
+        low_cosine=len(records) - len(good),
+        exact_duplicates=len(good) - len(unique),
+        near_duplicates=len(unique) - len(kept),
+        min_cos=min_cos,
+        near_dup=near_dup,
     )
     return out, report
 
@@ -156,9 +170,17 @@ def add_negatives(
         if task == "classification":
             continue
         group = [records[i] for i in rows]
-        pool = list(corpus) if (task == "retrieval" and corpus) else list(dict.fromkeys(r["positive"] for r in group))
-        mined = mine_hard_negatives(embedder, group, pool, k=k, skip_top=skip_top, show_progress=show_progress)
+        pool = (
+            list(corpus)
+            if (task == "retrieval" and corpus)
+            else list(dict.fromkeys(r["positive"] for r in group))
+        )
+        mined = mine_hard_negatives(
+            embedder, group, pool, k=k, skip_top=skip_top, show_progress=show_progress
+        )
         for i, m in zip(rows, mined, strict=True):
             own = list(records[i].get("negatives") or [])
-            out[i]["negatives"] = list(dict.fromkeys(own + [n for n in m["negatives"] if n != records[i]["positive"]]))
+            out[i]["negatives"] = list(
+                dict.fromkeys(own + [n for n in m["negatives"] if n != records[i]["positive"]])
+            )
     return out

@@ -27,7 +27,9 @@ LANGUAGE_FIELDS = ("language", "lang")
 class Document:
     id: str
     text: str
-    language: str | None = None  # the document's own language (a JSONL "language"/"lang" field), else the run's
+    language: str | None = (
+        None  # the document's own language (a JSONL "language"/"lang" field), else the run's
+    )
 
 
 def _record_text(obj: dict, text_field: str | None, where: str) -> str:
@@ -38,7 +40,9 @@ def _record_text(obj: dict, text_field: str | None, where: str) -> str:
     else:
         name = next((f for f in TEXT_FIELDS if f in obj), None)
         if name is None:
-            raise ValueError(f"{where}: no text field; expected one of {list(TEXT_FIELDS)} (fields: {sorted(obj)})")
+            raise ValueError(
+                f"{where}: no text field; expected one of {list(TEXT_FIELDS)} (fields: {sorted(obj)})"
+            )
         text = obj[name]
     if not isinstance(text, str):
         raise ValueError(f"{where}: the text must be a string, got {type(text).__name__}")
@@ -68,7 +72,9 @@ def load_corpus(path: str | Path, *, text_field: str | None = None) -> list[Docu
             if not text.strip():
                 continue
             doc_id = next((str(obj[f]) for f in ID_FIELDS if f in obj), str(lineno))
-            lang = next((obj[f] for f in LANGUAGE_FIELDS if isinstance(obj.get(f), str) and obj[f].strip()), None)
+            lang = next(
+                (obj[f] for f in LANGUAGE_FIELDS if isinstance(obj.get(f), str) and obj[f].strip()), None
+            )
             docs.append(Document(doc_id, text.strip(), language_name(lang) if lang else None))
     ids = [d.id for d in docs]
     if len(set(ids)) != len(ids):

@@ -32,7 +32,12 @@ class RecordKey:
         return cls(str(prov["doc_id"]), str(prov["task"]), int(prov["sample"]), str(prov["prompt_version"]))
 
     def as_dict(self) -> dict:
-        return {"doc_id": self.doc_id, "task": self.task, "sample": self.sample, "prompt_version": self.prompt_version}
+        return {
+            "doc_id": self.doc_id,
+            "task": self.task,
+            "sample": self.sample,
+            "prompt_version": self.prompt_version,
+        }
 
 
 def failed_path(path: str | Path) -> Path:
@@ -136,7 +141,9 @@ class SynthesisStore:
         self._done = _AppendFile(self.path, fsync)
         self._failed = _AppendFile(self.failed_path, fsync)
         self.repaired_bytes = self._done.repaired_bytes + self._failed.repaired_bytes
-        self.done_keys: set[RecordKey] = {RecordKey.from_provenance(r["provenance"]) for r in iter_jsonl(self.path)}
+        self.done_keys: set[RecordKey] = {
+            RecordKey.from_provenance(r["provenance"]) for r in iter_jsonl(self.path)
+        }
 
     def previously_failed(self) -> dict[RecordKey, str]:
         """Keys that failed in an earlier run and are not done since, with the last reason."""

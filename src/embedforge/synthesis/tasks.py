@@ -103,23 +103,42 @@ class RetrievalTask:
         passage = item.doc.text[: cfg.max_passage_chars]
         corpus_language = item.doc.language or cfg.corpus_language
         candidates = list(item.personas)
-        conf = await ask(backend, P.render_configuration(passage, candidates, corpus_language), ConfigurationOutput, cfg)
+        conf = await ask(
+            backend, P.render_configuration(passage, candidates, corpus_language), ConfigurationOutput, cfg
+        )
         qtype = drawn_type or conf.question_type.value
         difficulty = drawn_difficulty or conf.difficulty.value
         prompt = P.render_query(
-            passage, conf.character, type=qtype, difficulty=difficulty, length=length, language=language,
+            passage,
+            conf.character,
+            type=qtype,
+            difficulty=difficulty,
+            length=length,
+            language=language,
             corpus_language=corpus_language,
         )
         out = await ask(backend, prompt, QueryOutput, cfg)
         prov = _provenance(
-            item, cfg, backend, language=language, corpus_language=corpus_language, length=length,
-            persona=conf.character, candidates=candidates,
-            question_type=qtype, difficulty=difficulty,
-            configuration={"Character": conf.character, "Question_Type": conf.question_type.value,
-                           "Difficulty": conf.difficulty.value},
+            item,
+            cfg,
+            backend,
+            language=language,
+            corpus_language=corpus_language,
+            length=length,
+            persona=conf.character,
+            candidates=candidates,
+            question_type=qtype,
+            difficulty=difficulty,
+            configuration={
+                "Character": conf.character,
+                "Question_Type": conf.question_type.value,
+                "Difficulty": conf.difficulty.value,
+            },
             persona_in_candidates=conf.character in candidates,
         )
-        return SynthRecord(instruction=P.RETRIEVAL_INSTRUCTION, query=out.query, positive=item.doc.text, provenance=prov)
+        return SynthRecord(
+            instruction=P.RETRIEVAL_INSTRUCTION, query=out.query, positive=item.doc.text, provenance=prov
+        )
 
 
 class BitextTask:
@@ -129,7 +148,9 @@ class BitextTask:
     needs_personas = False
 
     def _targets(self, cfg: SynthesisConfig, source: str) -> Choice:
-        pairs = [(o, w) for o, w in zip(cfg.languages.options, cfg.languages.weights, strict=True) if o != source]
+        pairs = [
+            (o, w) for o, w in zip(cfg.languages.options, cfg.languages.weights, strict=True) if o != source
+        ]
         if not pairs or sum(w for _, w in pairs) <= 0:
             raise ValueError(
                 f"bitext needs --languages with a language other than the corpus language "
@@ -147,13 +168,19 @@ class BitextTask:
         target = self._targets(cfg, source).draw(rng)  # check() made sure there is one
         length = cfg.lengths.draw(rng)
         prompt = P.render_bitext(
-            item.doc.text[: cfg.max_passage_chars], source_language=source, target_language=target,
-            length=length, corpus_language=source,
+            item.doc.text[: cfg.max_passage_chars],
+            source_language=source,
+            target_language=target,
+            length=length,
+            corpus_language=source,
         )
         out = await ask(backend, prompt, BitextOutput, cfg)
-        prov = _provenance(item, cfg, backend, language=target, length=length, source_language=source,
-                           corpus_language=source)
-        return SynthRecord(instruction=P.BITEXT_INSTRUCTION, query=out.source, positive=out.target, provenance=prov)
+        prov = _provenance(
+            item, cfg, backend, language=target, length=length, source_language=source, corpus_language=source
+        )
+        return SynthRecord(
+            instruction=P.BITEXT_INSTRUCTION, query=out.source, positive=out.target, provenance=prov
+        )
 
 
 class STSTask:
@@ -172,13 +199,25 @@ class STSTask:
         difficulty = _difficulty(cfg, rng)
         corpus_language = item.doc.language or cfg.corpus_language
         prompt = P.render_sts(
-            item.doc.text[: cfg.max_passage_chars], difficulty=difficulty, length=length, language=language,
+            item.doc.text[: cfg.max_passage_chars],
+            difficulty=difficulty,
+            length=length,
+            language=language,
             corpus_language=corpus_language,
         )
         out = await ask(backend, prompt, STSOutput, cfg)
-        prov = _provenance(item, cfg, backend, language=language, corpus_language=corpus_language, length=length,
-                           difficulty=difficulty)
-        return SynthRecord(instruction=P.STS_INSTRUCTION, query=out.s1, positive=out.s2, negatives=[out.s3], provenance=prov)
+        prov = _provenance(
+            item,
+            cfg,
+            backend,
+            language=language,
+            corpus_language=corpus_language,
+            length=length,
+            difficulty=difficulty,
+        )
+        return SynthRecord(
+            instruction=P.STS_INSTRUCTION, query=out.s1, positive=out.s2, negatives=[out.s3], provenance=prov
+        )
 
 
 class ClassificationTask:
@@ -198,14 +237,27 @@ class ClassificationTask:
         difficulty = _difficulty(cfg, rng)
         corpus_language = item.doc.language or cfg.corpus_language
         prompt = P.render_classification(
-            item.doc.text[: cfg.max_passage_chars], difficulty=difficulty, length=length, language=language,
+            item.doc.text[: cfg.max_passage_chars],
+            difficulty=difficulty,
+            length=length,
+            language=language,
             corpus_language=corpus_language,
         )
         out = await ask(backend, prompt, ClassificationOutput, cfg)
-        prov = _provenance(item, cfg, backend, language=language, corpus_language=corpus_language, length=length,
-                           difficulty=difficulty, labels=out.labels)
+        prov = _provenance(
+            item,
+            cfg,
+            backend,
+            language=language,
+            corpus_language=corpus_language,
+            length=length,
+            difficulty=difficulty,
+            labels=out.labels,
+        )
         negatives = [label for label in out.labels if label != out.label]
-        return SynthRecord(instruction=out.task, query=out.text, positive=out.label, negatives=negatives, provenance=prov)
+        return SynthRecord(
+            instruction=out.task, query=out.text, positive=out.label, negatives=negatives, provenance=prov
+        )
 
 
 TASKS: dict[str, type] = {t.name: t for t in (RetrievalTask, BitextTask, STSTask, ClassificationTask)}

@@ -27,7 +27,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = {"resume": True} if args.resume else {}
         result = train_reranker(cfg.model_copy(update=overrides))
     if result.losses:
-        print(f"trained {args.kind} to step {result.steps}: final loss {result.losses[-1]:.4f}; model in {result.output_dir}", file=sys.stderr)
+        print(
+            f"trained {args.kind} to step {result.steps}: final loss {result.losses[-1]:.4f}; model in {result.output_dir}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -37,10 +40,17 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     from embedforge.training.mining import mine_hard_negatives
 
     records, corpus = beir_train_records(args.data, args.split, instruction=args.instruction)
-    embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length)
+    embedder = Embedder.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, max_length=args.max_length
+    )
     mined = mine_hard_negatives(
-        embedder, [r.model_dump() for r in records], corpus, k=args.k, skip_top=args.skip_top,
-        instruction=args.instruction, show_progress=not args.quiet,
+        embedder,
+        [r.model_dump() for r in records],
+        corpus,
+        k=args.k,
+        skip_top=args.skip_top,
+        instruction=args.instruction,
+        show_progress=not args.quiet,
     )
     n = write_jsonl(mined, args.out)
     short = sum(len(r["negatives"]) < args.k for r in mined)
@@ -51,8 +61,18 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from embedforge.merging import merge_checkpoints
 
-    result = merge_checkpoints(args.checkpoints, args.out, method=args.method, t=args.t, weights=args.weights, show_progress=not args.quiet)
-    print(f"{result.method.value}-merged {len(result.parents)} checkpoints ({result.n_tensors} tensors) into {result.output_dir}", file=sys.stderr)
+    result = merge_checkpoints(
+        args.checkpoints,
+        args.out,
+        method=args.method,
+        t=args.t,
+        weights=args.weights,
+        show_progress=not args.quiet,
+    )
+    print(
+        f"{result.method.value}-merged {len(result.parents)} checkpoints ({result.n_tensors} tensors) into {result.output_dir}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -62,16 +82,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kinds = train.add_subparsers(dest="kind", required=True)
     for kind, what in (("embedder", "improved InfoNCE (Qwen3 recipe)"), ("reranker", "yes/no SFT loss")):
         p = kinds.add_parser(kind, help=f"train a {kind} with the {what}")
-        p.add_argument("config", type=Path, help="YAML or JSON config (EmbedderTrainingConfig / RerankerTrainingConfig fields)")
-        p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+        p.add_argument(
+            "config",
+            type=Path,
+            help="YAML or JSON config (EmbedderTrainingConfig / RerankerTrainingConfig fields)",
+        )
+        p.add_argument(
+            "--resume", action="store_true", help="continue from the latest checkpoint in output_dir"
+        )
         p.set_defaults(func=_cmd_train)
 
-    mine = subparsers.add_parser("mine-negatives", help="BEIR train qrels -> JSONL records with hard negatives")
+    mine = subparsers.add_parser(
+        "mine-negatives", help="BEIR train qrels -> JSONL records with hard negatives"
+    )
     mine.add_argument("--model", required=True, help="embedder used for mining (directory or Hub id)")
-    mine.add_argument("--data", required=True, type=Path, help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/)")
+    mine.add_argument(
+        "--data", required=True, type=Path, help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/)"
+    )
     mine.add_argument("--split", default="train", help="qrels split (default train)")
     mine.add_argument("--k", type=int, default=7, help="hard negatives per record (default 7)")
-    mine.add_argument("--skip-top", type=int, default=10, help="ranks skipped before taking negatives (default 10)")
+    mine.add_argument(
+        "--skip-top", type=int, default=10, help="ranks skipped before taking negatives (default 10)"
+    )
     mine.add_argument("--instruction", default=None, help="query instruction (default: the model's)")
     mine.add_argument("--out", required=True, type=Path, help="output JSONL")
     mine.add_argument("--device", default=None)
@@ -81,11 +113,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mine.set_defaults(func=_cmd_mine)
 
     merge = subparsers.add_parser("merge", help="merge checkpoints (slerp or linear), tensor by tensor")
-    merge.add_argument("checkpoints", nargs="+", type=Path, help="two or more model directories (or LoRA adapter directories)")
+    merge.add_argument(
+        "checkpoints",
+        nargs="+",
+        type=Path,
+        help="two or more model directories (or LoRA adapter directories)",
+    )
     merge.add_argument("--method", choices=["slerp", "linear"], default="slerp")
-    merge.add_argument("--t", type=float, nargs="+", default=None,
-                       help="slerp factor(s): one per fold step, m_k = slerp(m_{k-1}, c_k, t_k); default t_k = 1/k")
-    merge.add_argument("--weights", type=float, nargs="+", default=None, help="linear weights, one per checkpoint (default equal)")
+    merge.add_argument(
+        "--t",
+        type=float,
+        nargs="+",
+        default=None,
+        help="slerp factor(s): one per fold step, m_k = slerp(m_{k-1}, c_k, t_k); default t_k = 1/k",
+    )
+    merge.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        default=None,
+        help="linear weights, one per checkpoint (default equal)",
+    )
     merge.add_argument("--out", required=True, type=Path, help="output directory")
     merge.add_argument("--quiet", action="store_true")
     merge.set_defaults(func=_cmd_merge)

@@ -26,7 +26,9 @@ class EmbeddingRecord(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    instruction: str | None = Field(None, description="Task instruction of the query; null = the trainer's default")
+    instruction: str | None = Field(
+        None, description="Task instruction of the query; null = the trainer's default"
+    )
     query: str = Field(..., min_length=1, description="The query text (without instruction)")
     positive: str = Field(..., min_length=1, description="A relevant document")
     negatives: list[str] = Field(default_factory=list, description="Hard negatives: irrelevant documents")
@@ -73,7 +75,9 @@ def _validate(rows: Sequence[dict], model: type[BaseModel], path: str | Path) ->
         try:
             out.append(model.model_validate(row))
         except ValidationError as e:
-            raise ValueError(f"{path}: record {n} is not a valid {model.__name__}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from e
+            raise ValueError(
+                f"{path}: record {n} is not a valid {model.__name__}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}"
+            ) from e
     return out
 
 
@@ -90,12 +94,19 @@ def load_reranker_pairs(path: str | Path) -> list[RerankerPair]:
             pairs.extend(_validate([row], RerankerPair, f"{path} (record {n})"))
             continue
         rec = _validate([row], EmbeddingRecord, f"{path} (record {n})")[0]
-        pairs.append(RerankerPair(instruction=rec.instruction, query=rec.query, document=rec.positive, label=1))
-        pairs.extend(RerankerPair(instruction=rec.instruction, query=rec.query, document=d, label=0) for d in rec.negatives)
+        pairs.append(
+            RerankerPair(instruction=rec.instruction, query=rec.query, document=rec.positive, label=1)
+        )
+        pairs.extend(
+            RerankerPair(instruction=rec.instruction, query=rec.query, document=d, label=0)
+            for d in rec.negatives
+        )
     return pairs
 
 
-def beir_train_records(data_dir: str | Path, split: str = "train", *, instruction: str | None = None, min_score: int = 1) -> tuple[list[EmbeddingRecord], list[str]]:
+def beir_train_records(
+    data_dir: str | Path, split: str = "train", *, instruction: str | None = None, min_score: int = 1
+) -> tuple[list[EmbeddingRecord], list[str]]:
     """Convert a BEIR split's qrels to records: one per (query, document with score >= min_score).
 
     Returns the records (``negatives`` empty; fill them with
@@ -111,8 +122,18 @@ def beir_train_records(data_dir: str | Path, split: str = "train", *, instructio
         for did, score in data.qrels[qid].items():
             if score >= min_score:
                 if did not in text_of:
-                    raise ValueError(f"qrels of {data_dir} ({split}) name document {did!r}, which is not in the corpus")
-                records.append(EmbeddingRecord(instruction=instruction, query=qtext, positive=text_of[did], query_id=qid, positive_id=did))
+                    raise ValueError(
+                        f"qrels of {data_dir} ({split}) name document {did!r}, which is not in the corpus"
+                    )
+                records.append(
+                    EmbeddingRecord(
+                        instruction=instruction,
+                        query=qtext,
+                        positive=text_of[did],
+                        query_id=qid,
+                        positive_id=did,
+                    )
+                )
     if not records:
         raise ValueError(f"no qrels with score >= {min_score} in split {split!r} of {data_dir}")
     return records, data.corpus_texts

@@ -90,7 +90,9 @@ def gather(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     sizes = [torch.zeros(1, dtype=torch.long, device=dev) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([tensor.shape[0]], dtype=torch.long, device=dev))
     if len({int(s) for s in sizes}) != 1:
-        raise ValueError(f"every process must hold the same number of rows to gather, got {[int(s) for s in sizes]}")
+        raise ValueError(
+            f"every process must hold the same number of rows to gather, got {[int(s) for s in sizes]}"
+        )
     return GatherWithGrad.apply(tensor), dist.get_rank() * tensor.shape[0]
 
 

@@ -26,7 +26,10 @@ def text_ids(texts: list[str]) -> torch.Tensor:
     """A 64-bit id per text (blake2b), so the loss can tell identical documents apart from
     near-identical embeddings (the false-negative rule ``d_j == d_i+``)."""
     return torch.tensor(
-        [int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little", signed=True) for t in texts],
+        [
+            int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+            for t in texts
+        ],
         dtype=torch.long,
     )
 
@@ -44,7 +47,9 @@ class EmbedderBatch:
     negative_ids: torch.Tensor  # (n, K)
 
 
-def embedder_batch(embedder, records: list[EmbeddingRecord], num_negatives: int, instruction: str | None = None) -> EmbedderBatch:
+def embedder_batch(
+    embedder, records: list[EmbeddingRecord], num_negatives: int, instruction: str | None = None
+) -> EmbedderBatch:
     """Tokenize records with the embedder's own templates (query prompt per instruction)."""
     query: list[list[int]] = []
     for r in records:  # instructions may differ between records
@@ -64,7 +69,11 @@ def _chunks(n: int, size: int | None) -> list[slice]:
 
 
 def embedder_step(
-    embedder, loss_fn: torch.nn.Module, batch: EmbedderBatch, *, chunk_size: int | None = None,
+    embedder,
+    loss_fn: torch.nn.Module,
+    batch: EmbedderBatch,
+    *,
+    chunk_size: int | None = None,
     amp: Callable[[], AbstractContextManager] = nullcontext,
 ) -> float:
     """Loss over the local batch, gradients accumulated into the model's parameters.
@@ -85,15 +94,25 @@ def embedder_step(
 
     def loss_of(emb: dict[str, torch.Tensor]) -> torch.Tensor:
         q, p = emb["query"], emb["positive"]
-        neg = emb["negatives"].view(n, batch.num_negatives, -1) if batch.num_negatives else None  # (n, K, dim)
+        neg = (
+            emb["negatives"].view(n, batch.num_negatives, -1) if batch.num_negatives else None
+        )  # (n, K, dim)
         all_q, offset = D.gather(q)
         all_p, _ = D.gather(p)
         all_n = D.gather(neg)[0] if neg is not None else None
         pos_ids, neg_ids = batch.positive_ids.to(q.device), batch.negative_ids.to(q.device)
         return loss_fn.loss_from_embeddings(
-            q, p, neg, all_query=all_q, all_positive=all_p, all_negatives=all_n, offset=offset,
-            positive_ids=pos_ids, negative_ids=neg_ids,
-            all_positive_ids=D.gather(pos_ids)[0], all_negative_ids=D.gather(neg_ids)[0],
+            q,
+            p,
+            neg,
+            all_query=all_q,
+            all_positive=all_p,
+            all_negatives=all_n,
+            offset=offset,
+            positive_ids=pos_ids,
+            negative_ids=neg_ids,
+            all_positive_ids=D.gather(pos_ids)[0],
+            all_negative_ids=D.gather(neg_ids)[0],
         )
 
     roles = [r for r in ROLES if texts[r]]
@@ -188,7 +207,9 @@ def resume_point(cfg) -> Path | None:
         return None
     ckpt = latest_checkpoint(cfg.output_dir)
     if ckpt is None:
-        raise FileNotFoundError(f"resume is set but {Path(cfg.output_dir) / 'checkpoints'} holds no complete checkpoint")
+        raise FileNotFoundError(
+            f"resume is set but {Path(cfg.output_dir) / 'checkpoints'} holds no complete checkpoint"
+        )
     return ckpt
 
 
@@ -215,9 +236,20 @@ def train_embedder(cfg: EmbedderTrainingConfig) -> TrainResult:
 
         def step_fn(local: list[int]) -> float:
             batch = embedder_batch(embedder, [records[i] for i in local], cfg.num_negatives, cfg.instruction)
-            return embedder_step(embedder, loss_fn, batch, chunk_size=cfg.chunk_size, amp=lambda: autocast(cfg, device))
+            return embedder_step(
+                embedder, loss_fn, batch, chunk_size=cfg.chunk_size, amp=lambda: autocast(cfg, device)
+            )
 
-        return run_loop(cfg, info=info, device=device, params=loaded.params, n_records=len(records), step_fn=step_fn,
-                        save_model=loaded.save, resume_from=resume_from, title="train embedder")
+        return run_loop(
+            cfg,
+            info=info,
+            device=device,
+            params=loaded.params,
+            n_records=len(records),
+            step_fn=step_fn,
+            save_model=loaded.save,
+            resume_from=resume_from,
+            title="train embedder",
+        )
     finally:
         D.teardown()

@@ -43,7 +43,9 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from 0 to the peak over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
 
     def factor(step: int) -> float:
@@ -72,7 +74,9 @@ def batch_indices(n_records: int, batch_size: int, step: int, seed: int) -> list
 def local_slice(items: Sequence[int], info: D.DistInfo) -> list[int]:
     """This process's equal share of a global batch."""
     if len(items) % info.world_size:
-        raise ValueError(f"batch_size {len(items)} must be divisible by the number of processes ({info.world_size})")
+        raise ValueError(
+            f"batch_size {len(items)} must be divisible by the number of processes ({info.world_size})"
+        )
     n = len(items) // info.world_size
     return list(items[info.rank * n : (info.rank + 1) * n])
 
@@ -100,13 +104,22 @@ def _set_rng_state(state: dict) -> None:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The complete checkpoint with the highest step (a partial one is never named ``step-*``)."""
     root = Path(output_dir) / CHECKPOINTS
-    done = sorted(p for p in root.glob("step-*") if p.is_dir() and (p / STATE_FILE).exists()) if root.is_dir() else []
+    done = (
+        sorted(p for p in root.glob("step-*") if p.is_dir() and (p / STATE_FILE).exists())
+        if root.is_dir()
+        else []
+    )
     return done[-1] if done else None
 
 
 def save_checkpoint(
-    output_dir: Path, step: int, save_model: Callable[[Path], None], optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, losses: list[float], keep: int,
+    output_dir: Path,
+    step: int,
+    save_model: Callable[[Path], None],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    losses: list[float],
+    keep: int,
 ) -> Path:
     """Write ``checkpoints/step-XXXXXXX`` atomically (a temp dir renamed when complete)."""
     root = output_dir / CHECKPOINTS
@@ -115,7 +128,13 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(tmp)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(), "losses": list(losses)}
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+        "losses": list(losses),
+    }
     torch.save(state, tmp / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -138,7 +157,11 @@ class MetricsLog:
             return
         kept = []
         if resume_step is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            kept = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= resume_step
+            ]
         path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, row: dict) -> None:
@@ -198,7 +221,9 @@ def run_loop(
     if info.is_main:
         (out / "training_config.json").write_text(cfg.model_dump_json(indent=2))
     checkpoints: list[Path] = []
-    bar = tqdm(total=cfg.max_steps, initial=start, desc=title, disable=not (cfg.show_progress and info.is_main))
+    bar = tqdm(
+        total=cfg.max_steps, initial=start, desc=title, disable=not (cfg.show_progress and info.is_main)
+    )
     t0 = time.perf_counter()
     for step in range(start, cfg.max_steps):
         optimizer.zero_grad(set_to_none=True)
@@ -214,12 +239,22 @@ def run_loop(
         losses.append(loss)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.max_steps:
-            metrics.write({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "elapsed_s": round(time.perf_counter() - t0, 3)})
+            metrics.write(
+                {
+                    "step": done,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "elapsed_s": round(time.perf_counter() - t0, 3),
+                }
+            )
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
             if info.is_main:
-                checkpoints.append(save_checkpoint(out, done, save_model, optimizer, scheduler, losses, cfg.keep_checkpoints))
+                checkpoints.append(
+                    save_checkpoint(out, done, save_model, optimizer, scheduler, losses, cfg.keep_checkpoints)
+                )
             D.barrier()
     bar.close()
     if info.is_main:

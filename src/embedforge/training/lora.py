@@ -25,7 +25,12 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings) -> list[torch.nn.
     """Inject LoRA adapters, freeze every other weight, return the trainable parameters."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=settings.target_modules)
+    cfg = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+    )
     inject_adapter_in_model(cfg, model, adapter_name=ADAPTER_NAME)
     trainable = []
     for name, p in model.named_parameters():
@@ -33,7 +38,9 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings) -> list[torch.nn.
         if p.requires_grad:
             trainable.append(p)
     if not trainable:
-        raise ValueError(f"LoRA target_modules {settings.target_modules!r} matched no module of {type(model).__name__}")
+        raise ValueError(
+            f"LoRA target_modules {settings.target_modules!r} matched no module of {type(model).__name__}"
+        )
     return trainable
 
 
@@ -55,7 +62,9 @@ def load_adapter(model: torch.nn.Module, directory: Path) -> None:
     params = dict(model.named_parameters())
     missing = sorted(set(k for k in params if "lora_" in k) - set(state))
     if missing or any(k not in params for k in state):
-        raise ValueError(f"adapter in {directory} does not match the model's LoRA layers (missing {missing[:3]})")
+        raise ValueError(
+            f"adapter in {directory} does not match the model's LoRA layers (missing {missing[:3]})"
+        )
     with torch.no_grad():
         for k, v in state.items():
             params[k].copy_(v)

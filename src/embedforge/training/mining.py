@@ -51,7 +51,9 @@ def mine_hard_negatives(
     queries = list(positives)
     if doc_embeddings is not None:
         if len(doc_embeddings) != len(corpus):
-            raise ValueError(f"doc_embeddings has {len(doc_embeddings)} rows for a corpus of {len(corpus)} texts")
+            raise ValueError(
+                f"doc_embeddings has {len(doc_embeddings)} rows for a corpus of {len(corpus)} texts"
+            )
         doc_emb = doc_embeddings
     else:
         doc_emb = embedder.encode_documents(list(corpus), show_progress=show_progress)
@@ -61,9 +63,13 @@ def mine_hard_negatives(
     depth = min(len(corpus), skip_top + k + max(len(p) for p in positives.values()) + 32)
     mined: dict[tuple[str | None, str], list[str]] = {}
     for inst, rows in by_instruction.items():
-        q_emb = embedder.encode_queries([queries[i][1] for i in rows], instruction=inst, show_progress=show_progress)
+        q_emb = embedder.encode_queries(
+            [queries[i][1] for i in rows], instruction=inst, show_progress=show_progress
+        )
         hits = exact_search(q_emb, doc_emb, depth)
-        for row, idx in tqdm(list(zip(rows, hits.indices, strict=True)), desc="mining negatives", disable=not show_progress):
+        for row, idx in tqdm(
+            list(zip(rows, hits.indices, strict=True)), desc="mining negatives", disable=not show_progress
+        ):
             pos = positives[queries[row]]
             chosen: list[str] = []
             for doc in idx[skip_top:]:

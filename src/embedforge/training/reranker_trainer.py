@@ -16,8 +16,13 @@ from embedforge.training.loop import TrainResult, autocast, run_loop
 
 
 def reranker_step(
-    reranker, loss_fn: RerankerSFTLoss, pairs: list[RerankerPair], *, global_size: int,
-    chunk_size: int | None = None, instruction: str | None = None,
+    reranker,
+    loss_fn: RerankerSFTLoss,
+    pairs: list[RerankerPair],
+    *,
+    global_size: int,
+    chunk_size: int | None = None,
+    instruction: str | None = None,
     amp: Callable[[], AbstractContextManager] = nullcontext,
 ) -> float:
     """Loss over the local pairs (scaled so that the sum over processes is the global mean);
@@ -31,7 +36,9 @@ def reranker_step(
     for s in range(0, len(pairs), size):
         batch = {**reranker.collate(ids[s : s + size]), "labels": labels[s : s + size]}
         with amp():
-            loss = loss_fn(batch) * (len(batch["labels"]) / global_size)  # mean over the chunk -> share of the global mean
+            loss = loss_fn(batch) * (
+                len(batch["labels"]) / global_size
+            )  # mean over the chunk -> share of the global mean
         loss.backward()
         total += float(loss.detach())
     return total
@@ -52,10 +59,26 @@ def train_reranker(cfg: RerankerTrainingConfig) -> TrainResult:
         loss_fn = RerankerSFTLoss(reranker, full_vocab=cfg.full_vocab)
 
         def step_fn(local: list[int]) -> float:
-            return reranker_step(reranker, loss_fn, [pairs[i] for i in local], global_size=cfg.batch_size,
-                                 chunk_size=cfg.chunk_size, instruction=cfg.instruction, amp=lambda: autocast(cfg, device))
+            return reranker_step(
+                reranker,
+                loss_fn,
+                [pairs[i] for i in local],
+                global_size=cfg.batch_size,
+                chunk_size=cfg.chunk_size,
+                instruction=cfg.instruction,
+                amp=lambda: autocast(cfg, device),
+            )
 
-        return run_loop(cfg, info=info, device=device, params=loaded.params, n_records=len(pairs), step_fn=step_fn,
-                        save_model=loaded.save, resume_from=resume_from, title="train reranker")
+        return run_loop(
+            cfg,
+            info=info,
+            device=device,
+            params=loaded.params,
+            n_records=len(pairs),
+            step_fn=step_fn,
+            save_model=loaded.save,
+            resume_from=resume_from,
+            title="train reranker",
+        )
     finally:
         D.teardown()
