@@ -85,6 +85,13 @@ class TrainingConfig(BaseModel):
         None, description="Device; null = cuda when available (its local rank under torchrun), else cpu"
     )
     show_progress: bool = Field(True, description="Show a progress bar")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch intra-op CPU threads for the run (set for the run, restored after); null = torch's "
+        "default. Float sums depend on it: a resumed run is bit-identical to an uninterrupted one when both "
+        "use the same threads on the same machine",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:

@@ -16,7 +16,7 @@ from embedforge.losses import MatryoshkaLoss, Qwen3InfoNCELoss
 from embedforge.training import distributed as D
 from embedforge.training.config import EmbedderTrainingConfig
 from embedforge.training.data import EmbeddingRecord, load_embedding_records
-from embedforge.training.loop import TrainResult, autocast, latest_checkpoint, run_loop
+from embedforge.training.loop import TrainResult, autocast, intra_op_threads, latest_checkpoint, run_loop
 from embedforge.training.lora import apply_lora, load_adapter, save_merged
 
 ROLES = ("query", "positive", "negatives")
@@ -227,29 +227,32 @@ def train_embedder(cfg: EmbedderTrainingConfig) -> TrainResult:
             f"{len(short)} records of {cfg.data} hold fewer than num_negatives={cfg.num_negatives} negatives "
             f"(first: record {short[0] + 1} with {len(records[short[0]].negatives)}); lower num_negatives or mine more"
         )
-    info, device = D.setup(cfg.device)
-    try:
-        resume_from = resume_point(cfg)
-        loaded = load_for_training(Embedder, cfg, device, resume_from)
-        embedder = loaded.wrapper
-        loss_fn = build_embedding_loss(cfg, embedder)
+    with intra_op_threads(cfg.threads):
+        info, device = D.setup(cfg.device)
+        try:
+            resume_from = resume_point(cfg)
+            loaded = load_for_training(Embedder, cfg, device, resume_from)
+            embedder = loaded.wrapper
+            loss_fn = build_embedding_loss(cfg, embedder)
 
-        def step_fn(local: list[int]) -> float:
-            batch = embedder_batch(embedder, [records[i] for i in local], cfg.num_negatives, cfg.instruction)
-            return embedder_step(
-                embedder, loss_fn, batch, chunk_size=cfg.chunk_size, amp=lambda: autocast(cfg, device)
+            def step_fn(local: list[int]) -> float:
+                batch = embedder_batch(
+                    embedder, [records[i] for i in local], cfg.num_negatives, cfg.instruction
+                )
+                return embedder_step(
+                    embedder, loss_fn, batch, chunk_size=cfg.chunk_size, amp=lambda: autocast(cfg, device)
+                )
+
+            return run_loop(
+                cfg,
+                info=info,
+                device=device,
+                params=loaded.params,
+                n_records=len(records),
+                step_fn=step_fn,
+                save_model=loaded.save,
+                resume_from=resume_from,
+                title="train embedder",
             )
-
-        return run_loop(
-            cfg,
-            info=info,
-            device=device,
-            params=loaded.params,
-            n_records=len(records),
-            step_fn=step_fn,
-            save_model=loaded.save,
-            resume_from=resume_from,
-            title="train embedder",
-        )
-    finally:
-        D.teardown()
+        finally:
+            D.teardown()

@@ -12,7 +12,7 @@ from embedforge.training import distributed as D
 from embedforge.training.config import RerankerTrainingConfig
 from embedforge.training.data import RerankerPair, load_reranker_pairs
 from embedforge.training.embedder_trainer import load_for_training, resume_point
-from embedforge.training.loop import TrainResult, autocast, run_loop
+from embedforge.training.loop import TrainResult, autocast, intra_op_threads, run_loop
 
 
 def reranker_step(
@@ -51,34 +51,35 @@ def train_reranker(cfg: RerankerTrainingConfig) -> TrainResult:
     from embedforge import Reranker
 
     pairs = load_reranker_pairs(cfg.data)
-    info, device = D.setup(cfg.device)
-    try:
-        resume_from = resume_point(cfg)
-        loaded = load_for_training(Reranker, cfg, device, resume_from)
-        reranker = loaded.wrapper
-        loss_fn = RerankerSFTLoss(reranker, full_vocab=cfg.full_vocab)
+    with intra_op_threads(cfg.threads):
+        info, device = D.setup(cfg.device)
+        try:
+            resume_from = resume_point(cfg)
+            loaded = load_for_training(Reranker, cfg, device, resume_from)
+            reranker = loaded.wrapper
+            loss_fn = RerankerSFTLoss(reranker, full_vocab=cfg.full_vocab)
 
-        def step_fn(local: list[int]) -> float:
-            return reranker_step(
-                reranker,
-                loss_fn,
-                [pairs[i] for i in local],
-                global_size=cfg.batch_size,
-                chunk_size=cfg.chunk_size,
-                instruction=cfg.instruction,
-                amp=lambda: autocast(cfg, device),
+            def step_fn(local: list[int]) -> float:
+                return reranker_step(
+                    reranker,
+                    loss_fn,
+                    [pairs[i] for i in local],
+                    global_size=cfg.batch_size,
+                    chunk_size=cfg.chunk_size,
+                    instruction=cfg.instruction,
+                    amp=lambda: autocast(cfg, device),
+                )
+
+            return run_loop(
+                cfg,
+                info=info,
+                device=device,
+                params=loaded.params,
+                n_records=len(pairs),
+                step_fn=step_fn,
+                save_model=loaded.save,
+                resume_from=resume_from,
+                title="train reranker",
             )
-
-        return run_loop(
-            cfg,
-            info=info,
-            device=device,
-            params=loaded.params,
-            n_records=len(pairs),
-            step_fn=step_fn,
-            save_model=loaded.save,
-            resume_from=resume_from,
-            title="train reranker",
-        )
-    finally:
-        D.teardown()
+        finally:
+            D.teardown()
