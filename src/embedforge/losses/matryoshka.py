@@ -83,7 +83,8 @@ class MatryoshkaLoss(nn.Module):
                 for k, v in kw.items()
             }
             neg = None if negatives is None else truncate(negatives, dim)
-            total = total + w * self.base.loss_from_embeddings(
+            # nn.Module.__getattr__ is typed Tensor | Module; base is a loss with loss_from_embeddings
+            total = total + w * self.base.loss_from_embeddings(  # type: ignore[operator]
                 truncate(query, dim), truncate(positive, dim), neg, **cut
             )
         return total / sum(self.weights)

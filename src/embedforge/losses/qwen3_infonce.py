@@ -148,6 +148,7 @@ class Qwen3InfoNCELoss(nn.Module):
         if negatives is not None and negatives.shape[1] > 0:
             s_neg = torch.einsum("nd,nkd->nk", query, negatives)  # (n, K)
             if use_ids:
+                assert positive_ids is not None and negative_ids is not None  # checked above
                 same = negative_ids == positive_ids[:, None]  # (n, K)
             else:
                 same = (negatives == positive[:, None, :]).all(-1)  # (n, K)
@@ -162,17 +163,22 @@ class Qwen3InfoNCELoss(nn.Module):
         if self.doc_doc or self.query_doc:
             docs = [all_positive]  # in-batch documents D, with the instance that owns each
             owner = [torch.arange(n_all, device=query.device)]
-            ids = [all_positive_ids] if use_ids else []
+            ids: list[torch.Tensor] = []
+            if use_ids:
+                assert all_positive_ids is not None and positive_ids is not None  # set above
+                ids.append(all_positive_ids)
             if self.in_batch_hard_negatives and all_negatives is not None and all_negatives.shape[1] > 0:
                 k = all_negatives.shape[1]
                 docs.append(all_negatives.reshape(n_all * k, dim))  # (n_all * K, dim)
                 owner.append(torch.arange(n_all, device=query.device).repeat_interleave(k))
                 if use_ids:
+                    assert all_negative_ids is not None  # checked above
                     ids.append(all_negative_ids.reshape(n_all * k))  # (n_all * K,)
             pool = torch.cat(docs)  # (m, dim), m = n_all * (1 + K)
             pool_owner = torch.cat(owner)  # (m,)
             others = pool_owner[None, :] != own[:, None]  # (n, m): documents of other instances
             if use_ids:
+                assert positive_ids is not None
                 same = torch.cat(ids)[None, :] == positive_ids[:, None]  # (n, m)
             else:
                 same = (pool[None, :, :] == positive[:, None, :]).all(-1)  # (n, m)

@@ -130,8 +130,8 @@ def beir_train_records(
                         instruction=instruction,
                         query=qtext,
                         positive=text_of[did],
-                        query_id=qid,
-                        positive_id=did,
+                        query_id=qid,  # type: ignore[call-arg]  # extra="allow": kept ids for mining
+                        positive_id=did,  # type: ignore[call-arg]
                     )
                 )
     if not records:

@@ -101,7 +101,8 @@ def embedder_step(
         all_p, _ = D.gather(p)
         all_n = D.gather(neg)[0] if neg is not None else None
         pos_ids, neg_ids = batch.positive_ids.to(q.device), batch.negative_ids.to(q.device)
-        return loss_fn.loss_from_embeddings(
+        # nn.Module.__getattr__ is typed Tensor | Module; loss_fn is an embedding loss
+        return loss_fn.loss_from_embeddings(  # type: ignore[operator]
             q,
             p,
             neg,
@@ -133,12 +134,13 @@ def embedder_step(
     loss.backward()
     after = torch.get_rng_state()
     for r in roles:
-        if leaves[r].grad is None:  # a role the configured loss does not use
+        grad = leaves[r].grad
+        if grad is None:  # a role the configured loss does not use
             continue
         for sl, rng, _ in cached[r]:
             torch.set_rng_state(rng)
             emb = encode(texts[r][sl])  # (chunk, dim), with gradients this time
-            emb.backward(gradient=leaves[r].grad[sl])
+            emb.backward(gradient=grad[sl])
     torch.set_rng_state(after)
     return float(loss.detach())
 

@@ -27,7 +27,7 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings) -> list[torch.nn.
 
     cfg = LoraConfig(
         r=settings.r,
-        lora_alpha=settings.alpha,
+        lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft annotates int but scales by any number
         lora_dropout=settings.dropout,
         target_modules=settings.target_modules,
     )
