@@ -36,18 +36,6 @@ def test_streaming_writer_round_trips(tmp_path):
             w.write("b", tensors["b"])
 
 
-@pytest.fixture(scope="module")
-def two_parents(tmp_path_factory, qwen3_tokenizer_dir):
-    root = tmp_path_factory.mktemp("parents")
-    a = make_random_qwen3(
-        root / "a", qwen3_tokenizer_dir, seed=11, append_eos=True, sentence_transformers=True
-    )
-    b = make_random_qwen3(
-        root / "b", qwen3_tokenizer_dir, seed=12, append_eos=True, sentence_transformers=True
-    )
-    return a, b
-
-
 def test_slerp_merge_on_disk_matches_tensor_math_and_loads(two_parents, tmp_path):
     a, b = two_parents
     result = merge_checkpoints([a, b], tmp_path / "m", method="slerp", t=[0.3])

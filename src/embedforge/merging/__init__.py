@@ -7,9 +7,13 @@ from embedforge.merging.merge import (
     merge_state_dicts,
     merge_tensors,
 )
+from embedforge.merging.output import MergeError
+from embedforge.merging.safetensors_io import CorruptCheckpointError
 from embedforge.merging.slerp import lerp, slerp
 
 __all__ = [
+    "CorruptCheckpointError",
+    "MergeError",
     "MergeMethod",
     "MergeResult",
     "lerp",

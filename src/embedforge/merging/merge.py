@@ -9,13 +9,17 @@ midpoint ``t = 0.5``). ``t`` may give one value (two checkpoints) or N-1 values 
 Only the tensors of the fold being computed are held in memory: one tensor per checkpoint and
 its running merge. Keys, shapes and dtypes must agree across checkpoints. A LoRA adapter
 directory (peft ``adapter_config.json``) is merged into its base model first.
+
+A merge never touches its inputs and writes all or nothing (:mod:`embedforge.merging.output`):
+an output that is, lies inside or contains an input is refused; every input's safetensors
+headers are checked against their files before anything is written; the output is built next to
+its final path and renamed into place once complete.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -24,9 +28,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from embedforge.merging.output import (
+    MERGE_METADATA_KEY,
+    MergeError,
+    check_output,
+    checkpoint_inputs,
+    staged_output,
+)
 from embedforge.merging.safetensors_io import (
     CheckpointReader,
     StreamingWriter,
+    read_header,
     tensor_index,
     torch_dtype,
     weight_files,
@@ -172,6 +184,30 @@ def merge_lora_adapter(adapter_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def check_weight_files(checkpoint: Path) -> None:
+    """Check the safetensors headers of everything a merge will read for ``checkpoint`` (for a LoRA
+    adapter: its weights and its local base model's), so a damaged file fails before any writing."""
+    adapter = checkpoint / "adapter_config.json"
+    if not adapter.exists():
+        tensor_index(checkpoint)
+        return
+    if (checkpoint / "adapter_model.safetensors").exists():
+        read_header(checkpoint / "adapter_model.safetensors")
+    for base in checkpoint_inputs(checkpoint)[1:]:
+        tensor_index(base)
+
+
+def copy_side_files(first: Path, out: Path) -> None:
+    """Copy the first checkpoint's files other than its weights (config, tokenizer,
+    sentence-transformers layout) into ``out``; training ``checkpoints/`` are left out."""
+    weight_names = {f.name for f in weight_files(first)} | {"model.safetensors.index.json"}
+    for f in first.iterdir():
+        if f.is_file() and f.name not in weight_names and not f.name.startswith("adapter_"):
+            shutil.copy(f, out / f.name)
+        elif f.is_dir() and not (out / f.name).exists() and f.name not in ("checkpoints",):
+            shutil.copytree(f, out / f.name)
+
+
 def merge_checkpoints(
     checkpoints: Sequence[str | Path],
     out_dir: str | Path,
@@ -182,7 +218,13 @@ def merge_checkpoints(
     show_progress: bool = False,
 ) -> MergeResult:
     """Merge N >= 2 checkpoint directories into ``out_dir`` (a single ``model.safetensors`` plus
-    the first checkpoint's other files: config, tokenizer, sentence-transformers layout)."""
+    the first checkpoint's other files: config, tokenizer, sentence-transformers layout).
+
+    ``out_dir`` must not be, lie inside or contain an input, and may hold only nothing or an
+    earlier merge output (replaced as a whole); otherwise :class:`MergeError` is raised before
+    anything is read. A damaged input file raises ``CorruptCheckpointError`` naming it. Either
+    way, and on any failure midway, nothing is left at ``out_dir`` or next to it.
+    """
     method = MergeMethod(method)
     if len(checkpoints) < 2:
         raise ValueError(f"merging needs at least two checkpoints, got {len(checkpoints)}")
@@ -195,15 +237,18 @@ def merge_checkpoints(
     elif t is not None:
         raise ValueError("t applies to slerp only; linear takes weights")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="embedforge-lora-") as tmp:
+    sources = [Path(c) for c in checkpoints]
+    for p, c in zip(sources, checkpoints, strict=True):
+        if not p.is_dir():
+            raise FileNotFoundError(f"checkpoint {str(c)!r} is not a directory")
+    check_output(out, [d for p in sources for d in checkpoint_inputs(p)])
+    for p in sources:
+        check_weight_files(p)
+    with staged_output(out) as build:
         paths = []
-        for i, c in enumerate(checkpoints):
-            p = Path(c)
-            if not p.is_dir():
-                raise FileNotFoundError(f"checkpoint {str(c)!r} is not a directory")
+        for i, p in enumerate(sources):
             if (p / "adapter_config.json").exists():
-                p = merge_lora_adapter(p, Path(tmp) / str(i))
+                p = merge_lora_adapter(p, build.parent / f"lora-{i}")
             paths.append(p)
         indices = [tensor_index(p) for p in paths]
         names = [sorted(indices[0])]  # names[i][j]: checkpoint i's name of the first one's j-th tensor
@@ -224,19 +269,18 @@ def merge_checkpoints(
             ],
             [str(c) for c in checkpoints],
         )
-        readers = [CheckpointReader(p) for p in paths]
+        layout = {name: (info.shape, torch_dtype(info.dtype)) for name, info in sorted(indices[0].items())}
+        meta = {
+            "format": "pt",
+            MERGE_METADATA_KEY: json.dumps(
+                {"method": method.value, "parents": [str(c) for c in checkpoints]}
+            ),
+        }
+        readers: list[CheckpointReader] = []
         try:
-            layout = {
-                name: (info.shape, torch_dtype(info.dtype)) for name, info in sorted(indices[0].items())
-            }
-            meta = {
-                "format": "pt",
-                "embedforge_merge": json.dumps(
-                    {"method": method.value, "parents": [str(c) for c in checkpoints]}
-                ),
-            }
-            tmp_file = out / "model.safetensors.tmp"
-            with StreamingWriter(tmp_file, layout, meta) as writer:
+            for p in paths:
+                readers.append(CheckpointReader(p))
+            with StreamingWriter(build / "model.safetensors", layout, meta) as writer:
                 for j, name in enumerate(
                     tqdm(names[0], desc=f"{method.value} merge", disable=not show_progress)
                 ):
@@ -245,17 +289,12 @@ def merge_checkpoints(
                         parts, method, t=ts if method is MergeMethod.SLERP else None, weights=weights
                     )
                     writer.write(name, merged)
+            copy_side_files(paths[0], build)
+        except OSError as exc:  # disk full, permissions ...: nothing is left behind (staged_output)
+            raise MergeError(f"writing the merge into {out} failed, nothing was written: {exc}") from exc
         finally:
             for r in readers:
                 r.close()
-        first = paths[0]
-        weight_names = {f.name for f in weight_files(first)} | {"model.safetensors.index.json"}
-        for f in first.iterdir():
-            if f.is_file() and f.name not in weight_names and not f.name.startswith("adapter_"):
-                shutil.copy(f, out / f.name)
-            elif f.is_dir() and not (out / f.name).exists() and f.name not in ("checkpoints",):
-                shutil.copytree(f, out / f.name)
-        tmp_file.replace(out / "model.safetensors")
     return MergeResult(
         out,
         method,
