@@ -6,9 +6,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
+
+from .spec import ModelSpec, add_progress_argument
 from .textio import read_texts, write_embeddings
 
 DEFAULT_EMBEDDER = "Qwen/Qwen3-Embedding-0.6B"
@@ -21,47 +26,32 @@ SUBCOMMAND_MODULES = (
 )
 
 
-def add_model_options(p: argparse.ArgumentParser, default_model: str) -> None:
-    """Options every model-loading command shares."""
-    p.add_argument(
-        "--model", default=default_model, help=f"local directory or Hub id (default {default_model})"
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument(
-        "--dtype", default=None, help="float32 | bfloat16 | float16 (default fp32 on CPU, bf16 on GPU)"
-    )
-    p.add_argument(
-        "--max-length", type=int, default=None, help="tokens per input (default: the checkpoint's, else 8192)"
-    )
-    p.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=None,
-        help="padded tokens per batch (default 4096 on CPU, 16384 on GPU)",
-    )
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
-    p.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own Python code")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+EMBEDDING_OUTPUTS = (".npy", ".parquet")  # what textio.write_embeddings writes
 
 
-def embedder_from_args(args: argparse.Namespace):
-    """An ``Embedder`` from the options of ``add_model_options`` (shared by the sub-commands)."""
-    from .embedder import Embedder
-
-    return Embedder.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_length=args.max_length,
-        batch_tokens=args.batch_tokens,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-    )
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail before any work when ``path`` cannot be written: a supported extension, not a
+    directory, and a parent directory that exists writable or can be created."""
+    out = Path(path)
+    if out.suffix not in EMBEDDING_OUTPUTS:
+        raise ValueError(f"unsupported output {str(out)!r}: use one of {', '.join(EMBEDDING_OUTPUTS)}")
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a directory; give a file name")
+    parent = out.absolute().parent
+    while not parent.exists():  # the first existing ancestor decides whether it can be created
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot create the output {str(out)!r}: {str(parent)!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write the output {str(out)!r}: {str(parent)!r} is not writable")
+    return out
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    spec = ModelSpec.required_from_args(args)  # validates the model options; loads nothing
+    check_output_path(args.output)  # before reading, loading or encoding anything
     texts, ids = read_texts(args.input, args.field)
-    emb = embedder_from_args(args)
+    emb = spec.load_embedder()
     show = not args.no_progress
     if args.queries:
         vecs = emb.encode_queries(texts, instruction=args.instruction, dim=args.dim, show_progress=show)
@@ -71,24 +61,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                 "--instruction applies to queries only: add --queries (documents take no instruction)"
             )
         vecs = emb.encode_documents(texts, dim=args.dim, show_progress=show)
-    write_embeddings(args.output, vecs, ids)
+    write_embeddings(args.output, np.asarray(vecs), ids)
     print(f"wrote {vecs.shape[0]} x {vecs.shape[1]} embeddings to {args.output}", file=sys.stderr)
     return 0
 
 
 def _cmd_rerank(args: argparse.Namespace) -> int:
-    from .reranker import Reranker
-
+    spec = ModelSpec.required_from_args(args)
     docs, ids = read_texts(args.documents, args.field)
-    rr = Reranker.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_length=args.max_length or 8192,
-        batch_tokens=args.batch_tokens,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-    )
+    rr = spec.load_reranker()
     ranked = rr.rank(
         args.query, docs, top_k=args.top_k, instruction=args.instruction, show_progress=not args.no_progress
     )
@@ -121,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", action="store_true", help="inputs are queries: add the query instruction")
     p.add_argument("--instruction", default=None, help="query instruction (default: the model's)")
     p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension (32..hidden)")
-    add_model_options(p, DEFAULT_EMBEDDER)
+    ModelSpec.add_arguments(p, default_model=DEFAULT_EMBEDDER)
+    add_progress_argument(p)
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("rerank", help="rank a file of documents against a query; JSONL out")
@@ -131,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", default=None, help="text field of JSONL/parquet rows")
     p.add_argument("--instruction", default=None, help="task instruction (default: web search)")
     p.add_argument("--top-k", type=int, default=None, help="keep the best K documents")
-    add_model_options(p, DEFAULT_RERANKER)
+    ModelSpec.add_arguments(p, default_model=DEFAULT_RERANKER)
+    add_progress_argument(p)
     p.set_defaults(func=_cmd_rerank)
 
     for name in SUBCOMMAND_MODULES:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from embedforge.evaluation.encoding import parse_dims
+from embedforge.spec import RUNTIME_OPTIONS, ModelSpec, add_progress_argument, process_threads
 
 
 def default_cache_dir() -> Path:
@@ -18,20 +19,7 @@ def default_cache_dir() -> Path:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="embedding model: local directory or Hub id")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument(
-        "--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)"
-    )
-    p.add_argument(
-        "--max-length", type=int, default=None, help="max tokens per text (default: the checkpoint's)"
-    )
-    p.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=None,
-        help="padded tokens per batch (default 4096 on CPU, 16384 on GPU)",
-    )
+    ModelSpec.add_arguments(p, model_help="embedding model: local directory or Hub id")
     p.add_argument(
         "--task",
         default=None,
@@ -43,15 +31,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--cache-dir", type=Path, default=None, help=f"embedding cache (default: {default_cache_dir()})"
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress_argument(p, quiet_alias=True)
 
 
 def _load_embedder(args: argparse.Namespace):
-    from embedforge.cli import embedder_from_args
-
-    return embedder_from_args(args)
+    return ModelSpec.required_from_args(args).load_embedder()
 
 
 def _cache(args: argparse.Namespace) -> Path | None:
@@ -80,19 +64,12 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
     dims = parse_dims(args.dims)
     data = load_beir(args.data, args.split)
-    embedder = _load_embedder(args)
-    reranker = None
-    if args.reranker:
-        from embedforge import Reranker
-
-        reranker = Reranker.from_pretrained(
-            args.reranker,
-            device=args.device,
-            dtype=args.dtype,
-            batch_tokens=args.batch_tokens,
-            allow_pickle=args.allow_pickle,
-            trust_remote_code=args.trust_remote_code,
-        )
+    spec = ModelSpec.required_from_args(args)
+    # the reranker runs like the embedder (device, dtype, ...) unless its own flags say otherwise
+    rerank_spec = ModelSpec.from_args(args, "reranker-", inherit=RUNTIME_OPTIONS)
+    process_threads(spec, rerank_spec)
+    embedder = spec.load_embedder()
+    reranker = rerank_spec.load_reranker() if rerank_spec is not None else None
     report = evaluate_retrieval(
         embedder,
         data,
@@ -106,7 +83,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         top_k=max(args.top_k, args.rerank_top if reranker is not None else 0),
         ignore_identical_ids=args.ignore_identical_ids,
         cache_dir=_cache(args),
-        show_progress=not args.quiet,
+        show_progress=not args.no_progress,
     )
     out = report.to_dict()
     lines = [f"{report.first_stage.name} (dim {report.first_stage.dim}): {_fmt(report.first_stage.metrics)}"]
@@ -136,7 +113,7 @@ def run_sts(args: argparse.Namespace) -> int:
         instruction=args.instruction,
         dim=args.dim,
         cache_dir=_cache(args),
-        show_progress=not args.quiet,
+        show_progress=not args.no_progress,
     )
     lines = [
         f"{data.name}: spearman={100 * report.spearman:.2f}  pearson={100 * report.pearson:.2f}  ({report.n_pairs} pairs)"
@@ -156,7 +133,7 @@ def run_bitext(args: argparse.Namespace) -> int:
         instruction=args.instruction,
         dim=args.dim,
         cache_dir=_cache(args),
-        show_progress=not args.quiet,
+        show_progress=not args.no_progress,
     )
     lines = [
         f"{data.name}: accuracy source->target={100 * report.accuracy_source_to_target:.2f}  "
@@ -176,7 +153,7 @@ def run_crosslingual(args: argparse.Namespace) -> int:
         task=args.task,
         instruction=args.instruction,
         cache_dir=_cache(args),
-        show_progress=not args.quiet,
+        show_progress=not args.no_progress,
     )
     lines = [f"all: {_fmt(report.retrieval.first_stage.metrics)}"]
     lines += [
@@ -200,7 +177,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--split", default="test")
     r.add_argument("--top-k", type=int, default=100, help="documents retrieved per query")
-    r.add_argument("--reranker", default=None, help="reranker model to rescore the first stage")
+    ModelSpec.add_arguments(
+        r, "reranker-", model_help="reranker model to rescore the first stage", inherit=RUNTIME_OPTIONS
+    )
     r.add_argument("--rerank-top", type=int, default=100, help="first-stage documents reranked per query")
     r.add_argument(
         "--rerank-instruction", default=None, help="reranker instruction (default: the query instruction)"

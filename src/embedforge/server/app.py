@@ -33,20 +33,10 @@ logger = logging.getLogger("embedforge.server")
 
 
 def load_models(settings: ServerSettings) -> tuple[Embedder | None, Reranker | None]:
-    """Load the models named by ``settings`` through the library's own loaders."""
-    from embedforge import Embedder, Reranker
-
-    common: dict = dict(
-        device=settings.device,
-        dtype=settings.dtype,
-        allow_pickle=settings.allow_pickle,
-        trust_remote_code=settings.trust_remote_code,
-        batch_tokens=settings.max_batch_tokens,
-    )
-    if settings.max_length is not None:
-        common["max_length"] = settings.max_length
-    embedder = Embedder.from_pretrained(settings.embedder, **common) if settings.embedder else None
-    reranker = Reranker.from_pretrained(settings.reranker, **common) if settings.reranker else None
+    """Load the models named by ``settings`` from their model specs (``embedforge.spec``)."""
+    embedder_spec, reranker_spec = settings.embedder_spec(), settings.reranker_spec()
+    embedder = embedder_spec.load_embedder() if embedder_spec is not None else None
+    reranker = reranker_spec.load_reranker() if reranker_spec is not None else None
     return embedder, reranker
 
 

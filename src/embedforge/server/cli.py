@@ -9,11 +9,12 @@ import sys
 from pydantic import ValidationError
 
 from embedforge.server.settings import ServerSettings
+from embedforge.spec import ModelSpec
 
-# flag -> settings field; every flag defaults to None so that EMBEDFORGE_* variables fill the gaps
+# flag -> settings field; every flag defaults to None so that EMBEDFORGE_* variables fill the gaps.
+# The model flags (--embedder, --reranker, their --embedder-* / --reranker-* options and the shared
+# unprefixed ones) come from ModelSpec, spelled as in every other command.
 _FLAGS: list[tuple[str, str, dict]] = [
-    ("--embedder", "embedder", {"metavar": "M"}),
-    ("--reranker", "reranker", {"metavar": "R"}),
     ("--embedder-name", "embedder_name", {"metavar": "ID"}),
     ("--reranker-name", "reranker_name", {"metavar": "ID"}),
     ("--host", "host", {}),
@@ -23,10 +24,6 @@ _FLAGS: list[tuple[str, str, dict]] = [
     ("--max-queue", "max_queue", {"type": int, "metavar": "N"}),
     ("--max-request-inputs", "max_request_inputs", {"type": int, "metavar": "N"}),
     ("--max-body-bytes", "max_body_bytes", {"type": int, "metavar": "N"}),
-    ("--max-length", "max_length", {"type": int, "metavar": "N"}),
-    ("--device", "device", {}),
-    ("--dtype", "dtype", {}),
-    ("--torch-threads", "torch_threads", {"type": int, "metavar": "N"}),
     ("--batch-wait-ms", "batch_wait_ms", {"type": float, "metavar": "MS"}),
     ("--retry-after-s", "retry_after_s", {"type": int, "metavar": "S"}),
     ("--graceful-timeout-s", "graceful_timeout_s", {"type": int, "metavar": "S"}),
@@ -35,9 +32,16 @@ _FLAGS: list[tuple[str, str, dict]] = [
 _SWITCHES: list[tuple[str, str, bool]] = [
     ("--no-dynamic-batching", "dynamic_batching", False),
     ("--no-access-log", "access_log", False),
-    ("--allow-pickle", "allow_pickle", True),
-    ("--trust-remote-code", "trust_remote_code", True),
 ]
+_MODEL_PREFIXES = ("embedder-", "reranker-")
+
+
+def _model_fields() -> list[str]:
+    """The settings fields of ``serve``'s ModelSpec flags (each flag's destination is its field)."""
+    names = [ModelSpec.dest("model", p) for p in _MODEL_PREFIXES]
+    for name in ModelSpec.option_names():
+        names += [ModelSpec.dest(name)] + [ModelSpec.dest(name, p) for p in _MODEL_PREFIXES]
+    return names
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +51,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, field, value in _SWITCHES:
         help_text = ServerSettings.model_fields[field].description
         parser.add_argument(flag, dest=field, action="store_const", const=value, default=None, help=help_text)
+    ModelSpec.add_arguments(parser, model_flag=False)  # shared by both models
+    # --torch-threads: the old spelling of --threads
+    parser.add_argument("--torch-threads", dest="threads", type=int, default=None, help=argparse.SUPPRESS)
+    each = ModelSpec.option_names()  # a model's own option, when given, replaces the shared one
+    ModelSpec.add_arguments(
+        parser, "embedder-", model_help="embedding model: local directory or Hub id", inherit=each
+    )
+    ModelSpec.add_arguments(
+        parser, "reranker-", model_help="reranker (Qwen3-Reranker layout): directory or Hub id", inherit=each
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Flags given on the command line, the rest from ``EMBEDFORGE_*`` variables and defaults."""
-    names = [f for _, f, _ in _FLAGS] + [f for _, f, _ in _SWITCHES]
+    names = [f for _, f, _ in _FLAGS] + [f for _, f, _ in _SWITCHES] + _model_fields()
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     return ServerSettings(**given)
 
@@ -62,10 +76,11 @@ def serve(settings: ServerSettings) -> int:
 
     from embedforge.server.app import create_app
 
-    if settings.torch_threads is not None:  # process-wide, so set here and not in create_app
+    threads = settings.process_threads()
+    if threads is not None:  # process-wide, so set here too (and not in create_app)
         import torch
 
-        torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(threads)
     logging.basicConfig(level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG")
     server: uvicorn.Server | None = None
 

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from embedforge.spec import BACKENDS, ModelSpec, process_threads
+
+
+def _own(kind: str, name: str) -> str:
+    flag = ModelSpec.flag(name)
+    return f"The {kind}'s own {flag[2:]} (default: {flag}, which applies to both models)."
 
 
 class ServerSettings(BaseSettings):
@@ -47,6 +56,9 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, gt=0, description="Largest request body in bytes; more gets 413."
     )
+    # the model options (embedforge.spec.ModelSpec): these apply to both models unless the
+    # model's own embedder_* / reranker_* field is set
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of Hub-id models.")
     max_length: int | None = Field(
         None, gt=1, description="Token limit per input passed to the models (default: the model's own, 8192)."
     )
@@ -54,12 +66,16 @@ class ServerSettings(BaseSettings):
     dtype: str | None = Field(
         None, description="torch dtype name, e.g. bfloat16 (default: bf16 on GPU, fp32 on CPU)."
     )
-    torch_threads: int | None = Field(
+    batch_tokens: int | None = Field(
+        None, gt=0, description="Padded tokens per model forward pass (default: --max-batch-tokens)."
+    )
+    threads: int | None = Field(
         None,
         gt=0,
         le=1024,
         description="torch intra-op CPU threads of the serving process (default: torch's choice).",
     )
+    backend: str = Field("torch", description=f"Runtime that runs the models: {' | '.join(BACKENDS)}.")
     batch_wait_ms: float = Field(
         0.0,
         ge=0,
@@ -82,6 +98,25 @@ class ServerSettings(BaseSettings):
     access_log: bool = Field(True, description="Log one line per request (uvicorn's access log).")
     allow_pickle: bool = Field(False, description="Allow loading non-safetensors (pickle) weights.")
     trust_remote_code: bool = Field(False, description="Allow running code shipped with a checkpoint.")
+    # one model's own options (default: the shared field of the same name)
+    embedder_revision: str | None = Field(None, description=_own("embedder", "revision"))
+    embedder_device: str | None = Field(None, description=_own("embedder", "device"))
+    embedder_dtype: str | None = Field(None, description=_own("embedder", "dtype"))
+    embedder_max_length: int | None = Field(None, gt=1, description=_own("embedder", "max_length"))
+    embedder_batch_tokens: int | None = Field(None, gt=0, description=_own("embedder", "batch_tokens"))
+    embedder_threads: int | None = Field(None, gt=0, le=1024, description=_own("embedder", "threads"))
+    embedder_backend: str | None = Field(None, description=_own("embedder", "backend"))
+    embedder_allow_pickle: bool | None = Field(None, description=_own("embedder", "allow_pickle"))
+    embedder_trust_remote_code: bool | None = Field(None, description=_own("embedder", "trust_remote_code"))
+    reranker_revision: str | None = Field(None, description=_own("reranker", "revision"))
+    reranker_device: str | None = Field(None, description=_own("reranker", "device"))
+    reranker_dtype: str | None = Field(None, description=_own("reranker", "dtype"))
+    reranker_max_length: int | None = Field(None, gt=1, description=_own("reranker", "max_length"))
+    reranker_batch_tokens: int | None = Field(None, gt=0, description=_own("reranker", "batch_tokens"))
+    reranker_threads: int | None = Field(None, gt=0, le=1024, description=_own("reranker", "threads"))
+    reranker_backend: str | None = Field(None, description=_own("reranker", "backend"))
+    reranker_allow_pickle: bool | None = Field(None, description=_own("reranker", "allow_pickle"))
+    reranker_trust_remote_code: bool | None = Field(None, description=_own("reranker", "trust_remote_code"))
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
@@ -96,7 +131,33 @@ class ServerSettings(BaseSettings):
                 f"the embedder and the reranker are both served as {self.embedder_id!r}; "
                 "give them different ids with --embedder-name / --reranker-name"
             )
+        process_threads(self.embedder_spec(), self.reranker_spec())  # also validates both specs
         return self
+
+    def _spec(self, kind: str, model: str | None) -> ModelSpec | None:
+        if model is None:
+            return None
+        values: dict[str, Any] = {}
+        for name in ModelSpec.option_names():
+            own = getattr(self, f"{kind}_{name}")
+            value = own if own is not None else getattr(self, name)
+            if value is not None:
+                values[name] = value
+        if values.get("batch_tokens") is None:  # a forward pass never exceeds a merged batch
+            values["batch_tokens"] = self.max_batch_tokens
+        return ModelSpec(model, **values)
+
+    def embedder_spec(self) -> ModelSpec | None:
+        """How to load the embedder (``None`` when none is served)."""
+        return self._spec("embedder", self.embedder)
+
+    def reranker_spec(self) -> ModelSpec | None:
+        """How to load the reranker (``None`` when none is served)."""
+        return self._spec("reranker", self.reranker)
+
+    def process_threads(self) -> int | None:
+        """The process's torch thread count (the models' common one)."""
+        return process_threads(self.embedder_spec(), self.reranker_spec())
 
     @property
     def embedder_id(self) -> str | None:

@@ -15,34 +15,31 @@ import os
 import sys
 from dataclasses import asdict
 
+from embedforge.spec import ModelSpec, add_progress_argument, process_threads
 from embedforge.synthesis.llm import LLMFatalError
 
 DEFAULT_EMBEDDER = "Qwen/Qwen3-Embedding-0.6B"
 GENERATION_TASKS = ("retrieval", "bitext", "sts", "classification")
 
 
-def _load_embedder(args: argparse.Namespace, name: str):
-    from embedforge import Embedder
+def _embedder_spec(args: argparse.Namespace) -> ModelSpec:
+    """``--model`` (filter) or ``--embedder`` with its ``--embedder-*`` options, which default to
+    the unprefixed ones."""
+    if getattr(args, "embedder", None) is not None:
+        spec = ModelSpec.from_args(args, "embedder-", inherit=ModelSpec.option_names())
+    else:
+        spec = ModelSpec.from_args(args)
+    if spec is None:
+        raise ValueError("no embedding model given (--model / --embedder)")
+    return spec
 
-    return Embedder.from_pretrained(
-        name,
-        device=args.device,
-        dtype=args.dtype,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-    )
 
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--device", default=None, help="torch device of the embedder (default: cuda if present, else cpu)"
-    )
-    p.add_argument(
-        "--dtype", default=None, help="float32 | bfloat16 | float16 (default fp32 on CPU, bf16 on GPU)"
-    )
-    p.add_argument("--allow-pickle", action="store_true", help="allow non-safetensors weights (unsafe)")
-    p.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own Python code")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+def _llm_spec(args: argparse.Namespace) -> ModelSpec | None:
+    """The loading options of a ``local:PATH`` LLM (``--llm-*``, defaulting to the unprefixed ones)."""
+    if not args.llm.startswith("local:"):
+        return None
+    path = args.llm[len("local:") :]
+    return ModelSpec.from_args(args, "llm-", model=path, inherit=ModelSpec.option_names())
 
 
 def _add_generation_options(p: argparse.ArgumentParser, task: str) -> None:
@@ -57,7 +54,9 @@ def _add_generation_options(p: argparse.ArgumentParser, task: str) -> None:
         help="JSONL field holding the text (default: text/contents/content/passage/body)",
     )
     p.add_argument(
-        "--llm", required=True, help="OpenAI-compatible base URL (e.g. http://host:8000/v1) or local:PATH"
+        "--llm",
+        required=True,
+        help="OpenAI-compatible base URL (e.g. http://host:8000/v1) or local:PATH (a directory or Hub id)",
     )
     p.add_argument("--model", default=None, help="model name sent to the endpoint (required with a URL)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
@@ -90,8 +89,12 @@ def _add_generation_options(p: argparse.ArgumentParser, task: str) -> None:
             default=None,
             help='persona library (JSONL {"persona": ...} or one a line); default: built-in',
         )
-        p.add_argument(
-            "--embedder", default=DEFAULT_EMBEDDER, help="embedding model that retrieves the personas"
+        ModelSpec.add_arguments(
+            p,
+            "embedder-",
+            default_model=DEFAULT_EMBEDDER,
+            model_help="embedding model that retrieves the personas",
+            inherit=ModelSpec.option_names(),
         )
         p.add_argument(
             "--question-types",
@@ -131,7 +134,11 @@ def _add_generation_options(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument(
         "--fsync", action="store_true", help="fsync after every record (survives power loss, slower)"
     )
-    _add_model_options(p)
+    # unprefixed options: the default of every model the command loads (embedder and local LLM)
+    ModelSpec.add_arguments(p, model_flag=False)
+    # --llm itself is above; its options apply to a local:PATH model only
+    ModelSpec.add_arguments(p, "llm-", model_flag=False, inherit=ModelSpec.option_names())
+    add_progress_argument(p)
 
 
 def _json_object(text: str | None) -> dict | None:
@@ -179,14 +186,17 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     docs = load_corpus(args.corpus, text_field=args.text_field)[: args.limit]
+    llm_spec = _llm_spec(args)
+    embedder_spec = _embedder_spec(args) if task == "retrieval" else None
+    process_threads(llm_spec, embedder_spec)
     personas = None
-    if task == "retrieval":
+    if embedder_spec is not None:
         from embedforge.evaluation.cache import EmbeddingCache
 
         library = load_personas(args.personas)
         cache = EmbeddingCache(args.cache_dir) if args.cache_dir else None
         personas = PersonaIndex(
-            _load_embedder(args, args.embedder), library, cache=cache, show_progress=not args.no_progress
+            embedder_spec.load_embedder(), library, cache=cache, show_progress=not args.no_progress
         )
     backend = make_backend(
         args.llm,
@@ -196,9 +206,8 @@ def run_generate(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         retry=RetryPolicy(args.max_retries, args.backoff, args.max_backoff),
         seed=args.seed,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
         extra_body=_json_object(args.extra_body),
+        local=llm_spec,
     )
     report = synthesize(
         task,
@@ -226,7 +235,7 @@ def run_filter(args: argparse.Namespace) -> int:
     near = None if args.near_dup <= 0 else args.near_dup
     records = list(iter_jsonl(args.input))
     kept, report = filter_records(
-        _load_embedder(args, args.model),
+        _embedder_spec(args).load_embedder(),
         records,
         min_cos=args.min_cos,
         near_dup=near,
@@ -246,7 +255,7 @@ def run_negatives(args: argparse.Namespace) -> int:
     records = list(iter_jsonl(args.input))
     corpus = [d.text for d in load_corpus(args.corpus, text_field=args.text_field)] if args.corpus else None
     out = add_negatives(
-        _load_embedder(args, args.embedder),
+        _embedder_spec(args).load_embedder(),
         records,
         corpus=corpus,
         k=args.k,
@@ -291,7 +300,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f = sub.add_parser("filter", help="keep records with cos(query, positive) >= --min-cos; drop duplicates")
     f.add_argument("--in", dest="input", required=True, help="records JSONL")
     f.add_argument("--out", required=True, help="kept records JSONL")
-    f.add_argument("--model", default=DEFAULT_EMBEDDER, help="embedding model that scores the pairs")
     f.add_argument("--min-cos", type=float, default=0.7, help="lowest cosine kept (the paper: 0.7)")
     f.add_argument(
         "--near-dup",
@@ -304,12 +312,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="embed queries without their instructions (for embedders not trained with instructions)",
     )
-    _add_model_options(f)
+    ModelSpec.add_arguments(
+        f, default_model=DEFAULT_EMBEDDER, model_help="embedding model that scores the pairs"
+    )
+    add_progress_argument(f)
     f.set_defaults(func=_guard(run_filter))
     n = sub.add_parser("negatives", help="mine hard negatives into the training JSONL")
     n.add_argument("--in", dest="input", required=True, help="records JSONL")
     n.add_argument("--out", required=True, help="records with negatives JSONL")
-    n.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedding model that ranks the corpus")
     n.add_argument(
         "--corpus",
         default=None,
@@ -320,7 +330,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument(
         "--skip-top", type=int, default=10, help="ranks skipped before taking negatives (likely positives)"
     )
-    _add_model_options(n)
+    ModelSpec.add_arguments(n, model_flag=False)  # the defaults of the --embedder-* options
+    ModelSpec.add_arguments(
+        n,
+        "embedder-",
+        default_model=DEFAULT_EMBEDDER,
+        model_help="embedding model that ranks the corpus",
+        inherit=ModelSpec.option_names(),
+    )
+    add_progress_argument(n)
     n.set_defaults(func=_guard(run_negatives))
 
 

@@ -17,7 +17,10 @@ import os
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from embedforge.spec import ModelSpec
 
 Message = dict[str, str]
 
@@ -166,8 +169,11 @@ class LocalBackend:
     """A chat model run in-process with transformers (``local:PATH``, PATH a directory or a Hub id);
     one request at a time.
 
-    Weights load from safetensors only unless ``allow_pickle``; remote code only with
-    ``trust_remote_code``. Temperature 0 decodes greedily; otherwise sampling is seeded per request.
+    The model loads through a :class:`~embedforge.spec.ModelSpec` and the library's loading rules,
+    like every other model: weights from safetensors only unless ``allow_pickle``; remote code only
+    with ``trust_remote_code``; ``revision`` for Hub ids; ``threads`` set at load (process-wide).
+    A spec's ``max_length`` and ``batch_tokens`` do not apply to generation. Temperature 0 decodes
+    greedily; otherwise sampling is seeded per request.
     """
 
     concurrency = 1
@@ -176,41 +182,75 @@ class LocalBackend:
         self,
         path: str,
         *,
+        revision: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        threads: int | None = None,
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
         seed: int = 0,
     ) -> None:
+        from embedforge.spec import ModelSpec
+
+        spec = ModelSpec(
+            path,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
+        self._load(spec)
+        self.stats = BackendStats()
+        self._seed = seed
+        self._torch_lock = threading.Lock()
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, *, seed: int = 0) -> LocalBackend:
+        """The backend of ``spec`` (its model a chat checkpoint: directory or Hub id)."""
+        return cls(
+            spec.model,
+            revision=spec.revision,
+            device=spec.device,
+            dtype=spec.dtype,
+            threads=spec.threads,
+            allow_pickle=spec.allow_pickle,
+            trust_remote_code=spec.trust_remote_code,
+            seed=seed,
+        )
+
+    def _load(self, spec: ModelSpec) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from embedforge.loading import check_weights, resolve_checkpoint, resolve_device, resolve_dtype
 
-        ckpt = resolve_checkpoint(path)  # a local directory, or a Hub id fetched like every other checkpoint
-        fmt = check_weights(ckpt, allow_pickle=allow_pickle)  # safetensors unless pickle is allowed
-        self.model_name = path
-        self.device = resolve_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=trust_remote_code)
+        spec.prepare()  # the revision rule and the thread count, as for every model
+        # a local directory, or a Hub id fetched like every other checkpoint
+        ckpt = resolve_checkpoint(spec.model, revision=spec.revision)
+        fmt = check_weights(ckpt, allow_pickle=spec.allow_pickle)  # safetensors unless pickle is allowed
+        self.spec = spec
+        self.model_name = spec.model
+        self.device = resolve_device(spec.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=spec.trust_remote_code)
         if self.tokenizer.chat_template is None:
             raise ValueError(
-                f"the tokenizer at {path!r} has no chat template; a chat (instruct) model is needed"
+                f"the tokenizer at {spec.model!r} has no chat template; a chat (instruct) model is needed"
             )
-        self.model = AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             str(ckpt),
-            dtype=resolve_dtype(dtype, self.device),
+            dtype=resolve_dtype(spec.dtype, self.device),
             use_safetensors=fmt == "safetensors",
-            trust_remote_code=trust_remote_code,
-        ).to(self.device)
-        self.model.eval()
-        self.stats = BackendStats()
-        self._seed = seed
-        self._torch_lock = threading.Lock()
+            trust_remote_code=spec.trust_remote_code,
+        )
+        model.to(self.device)  # type: ignore[arg-type]  # transformers types its wrapped .to() oddly
+        self.model = model.eval()
 
     def generate(self, messages: list[Message], *, temperature: float, max_tokens: int) -> str:
         """Synchronous generation: the chat template with the generation prompt, then the new tokens."""
         import torch
 
-        enc = self.tokenizer.apply_chat_template(
+        enc: Any = self.tokenizer.apply_chat_template(  # a BatchEncoding with return_dict=True
             messages, add_generation_prompt=True, enable_thinking=False, return_dict=True, return_tensors="pt"
         )
         input_ids = enc["input_ids"].to(self.device)
@@ -224,7 +264,7 @@ class LocalBackend:
             torch.manual_seed(self._seed + self.stats.requests)
             self.stats.requests += 1
             out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
+        return str(self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True))
 
     async def complete(self, messages: list[Message], *, temperature: float, max_tokens: int) -> str:
         # the thread lock serialises generation; to_thread keeps the event loop (and the writer) running
@@ -248,12 +288,24 @@ def make_backend(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     extra_body: dict | None = None,
+    local: ModelSpec | None = None,
 ) -> LLMBackend:
-    """``local:PATH`` gives a :class:`LocalBackend`; an ``http(s)://`` URL an :class:`OpenAIBackend`."""
+    """``local:PATH`` gives a :class:`LocalBackend`; an ``http(s)://`` URL an :class:`OpenAIBackend`.
+
+    ``local`` holds the loading options of a ``local:PATH`` model (revision, device, dtype,
+    threads ...; its ``model`` is replaced by PATH); ``allow_pickle`` and ``trust_remote_code``
+    switch those on as well. An endpoint ignores them.
+    """
     if llm.startswith("local:"):
-        return LocalBackend(
-            llm[len("local:") :], allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, seed=seed
+        from embedforge.spec import ModelSpec
+
+        path = llm[len("local:") :]
+        spec = local.replace(model=path) if local is not None else ModelSpec(path)
+        spec = spec.replace(
+            allow_pickle=spec.allow_pickle or allow_pickle,
+            trust_remote_code=spec.trust_remote_code or trust_remote_code,
         )
+        return LocalBackend.from_spec(spec, seed=seed)
     if llm.startswith(("http://", "https://")):
         if not model:
             raise ValueError(f"--model is required with an OpenAI-compatible endpoint ({llm})")

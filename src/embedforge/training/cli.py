@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from embedforge.spec import ModelSpec, add_progress_argument
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from embedforge.training.config import EmbedderTrainingConfig, RerankerTrainingConfig, load_config
@@ -17,15 +19,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.kind == "embedder":
         from embedforge.training.embedder_trainer import train_embedder
 
-        cfg = load_config(args.config, EmbedderTrainingConfig)
+        embedder_cfg = load_config(args.config, EmbedderTrainingConfig)
         overrides = {"resume": True} if args.resume else {}
-        result = train_embedder(cfg.model_copy(update=overrides))
+        result = train_embedder(embedder_cfg.model_copy(update=overrides))
     else:
         from embedforge.training.reranker_trainer import train_reranker
 
-        cfg = load_config(args.config, RerankerTrainingConfig)
+        reranker_cfg = load_config(args.config, RerankerTrainingConfig)
         overrides = {"resume": True} if args.resume else {}
-        result = train_reranker(cfg.model_copy(update=overrides))
+        result = train_reranker(reranker_cfg.model_copy(update=overrides))
     if result.losses:
         print(
             f"trained {args.kind} to step {result.steps}: final loss {result.losses[-1]:.4f}; model in {result.output_dir}",
@@ -35,14 +37,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_mine(args: argparse.Namespace) -> int:
-    from embedforge import Embedder
     from embedforge.training.data import beir_train_records, write_jsonl
     from embedforge.training.mining import mine_hard_negatives
 
     records, corpus = beir_train_records(args.data, args.split, instruction=args.instruction)
-    embedder = Embedder.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_length=args.max_length
-    )
+    embedder = ModelSpec.required_from_args(args).load_embedder()
     mined = mine_hard_negatives(
         embedder,
         [r.model_dump() for r in records],
@@ -50,7 +49,7 @@ def _cmd_mine(args: argparse.Namespace) -> int:
         k=args.k,
         skip_top=args.skip_top,
         instruction=args.instruction,
-        show_progress=not args.quiet,
+        show_progress=not args.no_progress,
     )
     n = write_jsonl(mined, args.out)
     short = sum(len(r["negatives"]) < args.k for r in mined)
@@ -67,7 +66,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         method=args.method,
         t=args.t,
         weights=args.weights,
-        show_progress=not args.quiet,
+        show_progress=not args.no_progress,
     )
     print(
         f"{result.method.value}-merged {len(result.parents)} checkpoints ({result.n_tensors} tensors) into {result.output_dir}",
@@ -95,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mine = subparsers.add_parser(
         "mine-negatives", help="BEIR train qrels -> JSONL records with hard negatives"
     )
-    mine.add_argument("--model", required=True, help="embedder used for mining (directory or Hub id)")
+    ModelSpec.add_arguments(mine, model_help="embedder used for mining: local directory or Hub id")
     mine.add_argument(
         "--data", required=True, type=Path, help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/)"
     )
@@ -106,10 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     mine.add_argument("--instruction", default=None, help="query instruction (default: the model's)")
     mine.add_argument("--out", required=True, type=Path, help="output JSONL")
-    mine.add_argument("--device", default=None)
-    mine.add_argument("--dtype", default=None)
-    mine.add_argument("--max-length", type=int, default=None)
-    mine.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress_argument(mine, quiet_alias=True)
     mine.set_defaults(func=_cmd_mine)
 
     merge = subparsers.add_parser("merge", help="merge checkpoints (slerp or linear), tensor by tensor")
@@ -135,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="linear weights, one per checkpoint (default equal)",
     )
     merge.add_argument("--out", required=True, type=Path, help="output directory")
-    merge.add_argument("--quiet", action="store_true")
+    add_progress_argument(merge, quiet_alias=True)
     merge.set_defaults(func=_cmd_merge)
 
 
