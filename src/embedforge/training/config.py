@@ -13,6 +13,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from embedforge.spec import ModelSpec
+
 
 class Precision(str, Enum):
     """Compute precision. Weights and optimizer state stay fp32; bf16 runs the forward in autocast."""
@@ -41,6 +43,13 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
     model: str = Field(..., description="Model directory (or Hub id) to start from")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of a Hub model id")
+    allow_pickle: bool = Field(
+        False, description="Allow loading pickle (.bin) weights; safetensors only by default"
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run the checkpoint's own Python code (off by default)"
+    )
     data: str = Field(..., description="Training records, JSONL (see embedforge.training.data)")
     output_dir: str = Field(
         ..., description="Where the final model, checkpoints/, metrics.jsonl and loss_curve.png go"
@@ -92,6 +101,17 @@ class TrainingConfig(BaseModel):
         "default. Float sums depend on it: a resumed run is bit-identical to an uninterrupted one when both "
         "use the same threads on the same machine",
     )
+
+    def model_spec(self) -> ModelSpec:
+        """The starting model as a :class:`~embedforge.spec.ModelSpec` (fp32 weights for training)."""
+        return ModelSpec(
+            model=self.model,
+            revision=self.revision,
+            device=self.device,
+            dtype="float32",
+            allow_pickle=self.allow_pickle,
+            trust_remote_code=self.trust_remote_code,
+        )
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:

@@ -184,8 +184,11 @@ def load_for_training(loader, cfg, device: torch.device, resume_from: Path | Non
 
     Training truncates inputs to ``cfg.max_length``; saved models keep the checkpoint's own.
     """
-    source = resume_from if (resume_from is not None and cfg.lora is None) else cfg.model
-    wrapper = loader.from_pretrained(source, device=device, dtype=torch.float32)
+    from_checkpoint = resume_from is not None and cfg.lora is None
+    spec = cfg.model_spec().replace(device=str(device))
+    if from_checkpoint:  # a local directory: the Hub revision applied to the starting model only
+        spec = spec.replace(model=str(resume_from), revision=None)
+    wrapper = spec.load_reranker() if loader.__name__ == "Reranker" else spec.load_embedder()
     model_max_length = wrapper.max_length
     wrapper.max_length = min(cfg.max_length, model_max_length)
     torch.manual_seed(cfg.seed)  # LoRA initialisation
