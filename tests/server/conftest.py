@@ -29,15 +29,19 @@ class LiveServer:
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
 
 @contextlib.contextmanager
-def live_server(app: FastAPI) -> Iterator[LiveServer]:
+def live_server(app: FastAPI, graceful_timeout_s: int = 30) -> Iterator[LiveServer]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # a free port chosen by the OS
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30)
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=graceful_timeout_s)
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -82,7 +86,8 @@ def make_server(
             reranker_name=RERANKER_ID,
             **overrides,
         )
-        return live_server(create_app(settings, embedder=embedder, reranker=reranker))
+        app = create_app(settings, embedder=embedder, reranker=reranker)
+        return live_server(app, settings.graceful_timeout_s)
 
     return make
 

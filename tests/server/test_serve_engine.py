@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedforge.server import EmbedTask, Engine, ErrorKind, RerankTask, ServeError
-from embedforge.server.batcher import BatchStats
+from embedforge.engine import BatchStats, EmbedTask, Engine, EngineError, ErrorKind, RerankTask
+from embedforge.server.errors import http_status
 
 TEXTS = [f"sample text {i} " + "word " * (i % 9) for i in range(24)]
 DOCS = ["The capital of China is Beijing.", "Gravity is a force.", "Paris is in France.", "x " * 40]
@@ -113,10 +113,12 @@ def test_full_queue_raises_queue_full_with_retry_after(embedder):
     with Engine(embedder, max_queue=2, retry_after_s=3) as eng:
         with eng.hold():
             first = [eng.submit_embed(EmbedTask(texts=["a"])), eng.submit_embed(EmbedTask(texts=["b"]))]
-            with pytest.raises(ServeError) as err:
+            with pytest.raises(EngineError) as err:
                 eng.submit_embed(EmbedTask(texts=["c"]))
         assert (
-            err.value.kind is ErrorKind.QUEUE_FULL and err.value.status == 429 and err.value.retry_after == 3
+            err.value.kind is ErrorKind.QUEUE_FULL
+            and http_status(err.value) == 429
+            and err.value.retry_after == 3
         )
         assert all(f.result().embeddings.shape == (1, 64) for f in first)
 
@@ -128,7 +130,7 @@ def test_a_bad_request_fails_alone(engine, embedder):
         bad = engine.submit_embed(EmbedTask(texts=[long_text], truncate=False))
         cut = engine.submit_embed(EmbedTask(texts=[long_text]))  # truncated by default
     assert np.array_equal(good.result().embeddings, embedder.encode(["fine"]))
-    with pytest.raises(ServeError) as err:
+    with pytest.raises(EngineError) as err:
         bad.result()
     assert err.value.kind is ErrorKind.INVALID_INPUT and "input[0]" in err.value.message
     assert str(embedder.max_length) in err.value.message
@@ -136,12 +138,12 @@ def test_a_bad_request_fails_alone(engine, embedder):
 
 
 def test_submit_checks_dimensions_and_token_ids(engine):
-    with pytest.raises(ServeError, match="between 32 and 64") as err:
+    with pytest.raises(EngineError, match="between 32 and 64") as err:
         engine.submit_embed(EmbedTask(texts=["a"], dim=65))
-    assert err.value.param == "dimensions" and err.value.status == 400
-    with pytest.raises(ServeError, match="token id 999999999") as err:
+    assert err.value.param == "dimensions" and http_status(err.value) == 400
+    with pytest.raises(EngineError, match="token id 999999999") as err:
         engine.submit_embed(EmbedTask(ids=[[1, 2, 999999999]]))
-    assert err.value.status == 400
+    assert http_status(err.value) == 400
 
 
 def test_close_finishes_queued_requests_and_refuses_new_ones(embedder):
@@ -150,9 +152,9 @@ def test_close_finishes_queued_requests_and_refuses_new_ones(embedder):
         futures = [eng.submit_embed(EmbedTask(texts=[t])) for t in TEXTS[:8]]
     eng.close()
     assert all(f.done() and f.result().embeddings.shape == (1, 64) for f in futures)
-    with pytest.raises(ServeError) as err:
+    with pytest.raises(EngineError) as err:
         eng.submit_embed(EmbedTask(texts=["late"]))
-    assert err.value.kind is ErrorKind.SHUTTING_DOWN and err.value.status == 503
+    assert err.value.kind is ErrorKind.SHUTTING_DOWN and http_status(err.value) == 503
 
 
 def test_cancelled_requests_are_skipped(embedder):

@@ -9,23 +9,23 @@ Routes: ``POST /v1/embeddings`` (OpenAI; extensions ``input_type``, ``instructio
 ``POST /v1/rerank`` and ``/rerank`` (Cohere/Jina; plus ``instruction``, ``truncate``),
 ``GET /v1/models``, ``GET /health`` (503 until loaded), ``GET /metrics`` (Prometheus).
 
-In Python, ``create_app(settings)`` builds the FastAPI app (mount it, or run it with uvicorn);
-:class:`Engine` is the queue and dynamic batcher underneath, usable without any web server.
+In Python, ``create_app(settings)`` builds the FastAPI app (mount it, or run it with uvicorn).
+The queue and dynamic batcher underneath is :class:`embedforge.engine.Engine`, usable without any
+web server (and without this extra); it is re-exported here.
 """
 
+from embedforge.engine import EmbedOutput, EmbedTask, Engine, EngineError, ErrorKind, RerankOutput, RerankTask
 from embedforge.server.app import create_app
-from embedforge.server.engine import EmbedOutput, EmbedTask, Engine, RerankOutput, RerankTask
-from embedforge.server.errors import ErrorKind, ServeError
 from embedforge.server.settings import ServerSettings
 
 __all__ = [
     "EmbedOutput",
     "EmbedTask",
     "Engine",
+    "EngineError",
     "ErrorKind",
     "RerankOutput",
     "RerankTask",
-    "ServeError",
     "ServerSettings",
     "create_app",
 ]

@@ -2,7 +2,8 @@
 
 The models load in the app's lifespan, in a background thread, so ``/health`` answers 503 until
 they are ready; models already loaded can be handed in instead (embedding the server in another
-app, tests). At shutdown the engine refuses new work, finishes what is queued, and stops.
+app, tests). At shutdown the engine refuses new work, finishes what is queued, and stops; a
+request still running when the graceful-shutdown timeout ends gets a 503 (``GuardMiddleware``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,24 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from fastapi.responses import Response
 
-from embedforge.server.engine import Engine
-from embedforge.server.errors import install_error_handlers
-from embedforge.server.limits import BodyLimitMiddleware
+from embedforge.engine import Engine, EngineError
+from embedforge.server.errors import GuardMiddleware, install_error_handlers
+from embedforge.server.limits import ApiKeyMiddleware, BodyLimitMiddleware
 from embedforge.server.metrics import Metrics, MetricsMiddleware
 from embedforge.server.metrics import router as metrics_router
-from embedforge.server.routes import embeddings, health, models, rerank
+from embedforge.server.routes import (
+    cohere,
+    embeddings,
+    health,
+    models,
+    playground,
+    rerank,
+    search,
+    tei,
+    tokenize,
+)
 from embedforge.server.settings import ServerSettings
 from embedforge.server.state import ServerState, Task
 
@@ -51,11 +63,21 @@ def build_engine(
         batch_wait_ms=settings.batch_wait_ms,
         dynamic_batching=settings.dynamic_batching,
         retry_after_s=settings.retry_after_s,
-        on_batch=metrics.observe_batch,
     )
-    for name in engine.queue_depths():
-        metrics.track_queue(name, lambda name=name: engine.queue_depths().get(name, 0))
+    metrics.track_engine(engine)
     return engine
+
+
+def _dialect_renderers() -> dict[str, Callable[[EngineError], Response]]:
+    """Which error shape a 401 takes on each client dialect's paths (``/rerank``, shared by TEI
+    and the v1 alias, keeps the OpenAI shape: which one a body is cannot be known unread)."""
+    shapes: dict[str, Callable[[EngineError], Response]] = {}
+    for router, render in ((tei.router, tei.tei_error), (cohere.router, cohere.cohere_error)):
+        for route in router.routes:
+            path = getattr(route, "path", None)
+            if path is not None and path != "/rerank":
+                shapes[path] = render
+    return shapes
 
 
 def create_app(
@@ -112,12 +134,19 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
-    for module in (embeddings, rerank, models, health):
+    # Client dialects first: TEI's /rerank (a `texts` body) shares its path with the v1 alias.
+    app.include_router(tei.router)
+    app.include_router(cohere.router)
+    for module in (embeddings, rerank, models, health, tokenize, search, playground):
         app.include_router(module.router)
     app.include_router(metrics_router)
-    # Outermost first: count every request (413s included), then guard the body size.
+    # Outermost first: count every request; answer every error with JSON (GuardMiddleware); check
+    # the API key from the headers; refuse an oversized body; then parse and route.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, render_by_path=_dialect_renderers())
+    app.add_middleware(GuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(playground.ServerTimingMiddleware)  # server-side latency of every response
     return app
 
 

@@ -6,7 +6,7 @@ Each app owns its registry (several apps can live in one process, as in the test
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -18,9 +18,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedforge.server.batcher import BatchStats
+from embedforge.engine import BatchStats, Engine
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -90,8 +92,48 @@ class Metrics:
     def track_queue(self, model: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model).set_function(depth)
 
+    def track_engine(self, engine: Engine) -> None:
+        """Batch figures, queue depths and the engine's request and model-call counts."""
+        engine.add_observer(on_batch=self.observe_batch)
+
+        def depth_of(name: str) -> Callable[[], int]:
+            return lambda: engine.queue_depths().get(name, 0)
+
+        for name in engine.queue_depths():
+            self.track_queue(name, depth_of(name))
+        self.registry.register(_EngineCollector(engine))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_REQUEST_OUTCOMES = ("submitted", "completed", "failed", "cancelled", "skipped_queued", "stopped_running")
+
+
+class _EngineCollector(Collector):
+    """``embedforge_engine_requests_total{model, outcome}`` and ``embedforge_engine_steps_total
+    {model, outcome}`` read from ``Engine.stats()`` at scrape time (abandoned work shows here)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "embedforge_engine_requests",
+            "Engine requests by outcome (cancelled = abandoned by the caller; skipped_queued / "
+            "stopped_running = where the cancellation caught it)",
+            labels=["model", "outcome"],
+        )
+        steps = CounterMetricFamily(
+            "embedforge_engine_steps", "Model calls (sub-batches) run or skipped", labels=["model", "outcome"]
+        )
+        for model, stats in self.engine.stats().items():
+            for outcome in _REQUEST_OUTCOMES:
+                requests.add_metric([model, outcome], getattr(stats, outcome))
+            steps.add_metric([model, "run"], stats.steps_run)
+            steps.add_metric([model, "skipped"], stats.steps_skipped)
+        yield requests
+        yield steps
 
 
 class MetricsMiddleware:

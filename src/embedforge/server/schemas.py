@@ -156,6 +156,11 @@ class RerankResponse(BaseModel):
     model: str
     results: list[RerankResult]
     usage: RerankUsage
+    query_truncated: bool = Field(
+        False,
+        description="Extension: the query was longer than half of the pair window and was cut so that "
+        "every document keeps at least half of it.",
+    )
 
 
 # --- models, health ----------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from enum import Enum
 
 from fastapi import Request
 
-from embedforge.server.engine import Engine
-from embedforge.server.errors import ErrorKind, ServeError
+from embedforge.engine import Engine, EngineError, ErrorKind
 from embedforge.server.settings import ServerSettings
 
 
@@ -33,10 +32,10 @@ class ServerState:
         if self.engine is not None:
             return self.engine
         if self.load_error is not None:
-            raise ServeError(
+            raise EngineError(
                 ErrorKind.NOT_READY, "the models failed to load; see the server log", retry_after=None
             )
-        raise ServeError(
+        raise EngineError(
             ErrorKind.NOT_READY, "the models are still loading", retry_after=self.settings.retry_after_s
         )
 
@@ -46,17 +45,19 @@ class ServerState:
             for model_id, kind in self.served.items():
                 if kind is task:
                     return model_id
-            raise ServeError(
+            raise EngineError(
                 ErrorKind.MODEL_NOT_FOUND, f"this server serves no {task.value} model", param="model"
             )
-        kind = self.served.get(requested)
-        if kind is task:
+        found = self.served.get(requested)
+        if found is task:
             return requested
         served = ", ".join(f"{m!r} ({k.value})" for m, k in self.served.items())
         what = (
-            f"is a {kind.value} model, not a {task.value} model" if kind is not None else "is not served here"
+            f"is a {found.value} model, not a {task.value} model"
+            if found is not None
+            else "is not served here"
         )
-        raise ServeError(
+        raise EngineError(
             ErrorKind.MODEL_NOT_FOUND, f"model {requested!r} {what}; served: {served}", param="model"
         )
 

@@ -6,21 +6,25 @@ import base64
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from embedforge.server.engine import EmbedTask
-from embedforge.server.limits import check_input_count, require_api_key
+from embedforge.engine import EmbedTask
+from embedforge.server.cancel import engine_result
+from embedforge.server.limits import check_input_count
 from embedforge.server.responses import ERROR_RESPONSES
-from embedforge.server.schemas import EmbeddingRequest, EmbeddingResponse, EncodingFormat, InputType
+from embedforge.server.schemas import EmbeddingRequest, EmbeddingResponse, EncodingFormat
 from embedforge.server.state import Task, get_state
 
-router = APIRouter(tags=["embeddings"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["embeddings"])  # the API key is checked before the body (ApiKeyMiddleware)
 
 
-def _to_task(req: EmbeddingRequest, prompt: str) -> EmbedTask:
+def _to_task(req: EmbeddingRequest) -> EmbedTask:
     inp = req.input
-    common: dict[str, Any] = dict(prompt=prompt, dim=req.dimensions, truncate=req.truncate)
+    side = req.input_type.value if req.input_type is not None else None
+    common: dict[str, Any] = dict(
+        side=side, instruction=req.instruction, dim=req.dimensions, truncate=req.truncate
+    )
     if isinstance(inp, str):
         return EmbedTask(texts=[inp], **common)
     if isinstance(inp[0], str):
@@ -46,15 +50,9 @@ async def create_embeddings(req: EmbeddingRequest, request: Request) -> JSONResp
     state = get_state(request)
     engine = state.ready_engine()
     model_id = state.resolve_model(req.model, Task.EMBEDDING)
-    assert engine.embedder is not None
-    prompt = ""
-    if req.instruction is not None or req.input_type is InputType.QUERY:
-        prompt = engine.embedder.query_prompt(req.instruction)
-    elif req.input_type is InputType.DOCUMENT:
-        prompt = engine.embedder.prompts.get("document", "")  # what Embedder.encode_documents uses
-    task = _to_task(req, prompt)
+    task = _to_task(req)  # the engine picks the side's prompt (Engine.side_prompt)
     check_input_count(len(task), state.settings.max_request_inputs, "input")
-    out = await engine.aembed(task)
+    out = await engine_result(request, engine.submit_embed(task))
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(row, req.encoding_format)}
         for i, row in enumerate(out.embeddings)

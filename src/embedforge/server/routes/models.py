@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from embedforge.server.limits import require_api_key
 from embedforge.server.responses import ERROR_RESPONSES
 from embedforge.server.schemas import ModelCard, ModelList
 from embedforge.server.state import Task, get_state
 
-router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["models"])  # the API key is checked by ApiKeyMiddleware
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES, summary="List served models")

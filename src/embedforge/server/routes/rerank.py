@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from embedforge.server.engine import RerankTask
-from embedforge.server.limits import check_input_count, require_api_key
+from embedforge.engine import RerankTask
+from embedforge.server.cancel import engine_result
+from embedforge.server.limits import check_input_count
 from embedforge.server.responses import ERROR_RESPONSES
 from embedforge.server.schemas import RerankRequest, RerankResponse
 from embedforge.server.state import Task, get_state
 
-router = APIRouter(tags=["rerank"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["rerank"])  # the API key is checked before the body (ApiKeyMiddleware)
 
 
 @router.post(
@@ -26,12 +27,10 @@ async def rerank(req: RerankRequest, request: Request) -> JSONResponse:
     model_id = state.resolve_model(req.model, Task.RERANK)
     documents = [d if isinstance(d, str) else d.text for d in req.documents]
     check_input_count(len(documents), state.settings.max_request_inputs, "documents")
-    out = await engine.arerank(RerankTask(req.query, documents, req.instruction, req.truncate))
-    order = sorted(range(len(documents)), key=lambda i: (-float(out.scores[i]), i))  # best first, stable
-    if req.top_n is not None:
-        order = order[: req.top_n]
+    task = RerankTask(req.query, documents, req.instruction, req.truncate, req.top_n)
+    out = await engine_result(request, engine.submit_rerank(task))
     results = []
-    for i in order:
+    for i in out.order:  # best first, ties in input order, at most top_n (the engine's ranking)
         result: dict = {"index": i, "relevance_score": float(out.scores[i])}
         if req.return_documents:
             result["document"] = {"text": documents[i]}
@@ -41,5 +40,6 @@ async def rerank(req: RerankRequest, request: Request) -> JSONResponse:
         "model": model_id,
         "results": results,
         "usage": {"total_tokens": out.tokens},
+        "query_truncated": out.query_truncated,
     }
     return JSONResponse(body)
