@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from embedforge import Embedder
+from embedforge.inputs import InputTooLongError
 from reference import CARD_TASK, card_embed, card_embedding_ids, get_detailed_instruct
 from texts import DOCUMENTS, QUERIES
 
@@ -179,3 +180,50 @@ def test_sentence_transformers_6_layout_loads(minilm_dir, tmp_path):
     assert ours.pooling == "mean" and ours.normalize and ours.max_length == 256
     texts = DOCUMENTS[:5] + [" ".join(["long"] * 400)]
     np.testing.assert_allclose(ours.encode(texts), st.encode(texts), atol=TOL, rtol=0)
+
+
+def test_side_prompt_is_the_one_rule(emb, emb_plain):
+    instructed = "Instruct: Find code\nQuery:"
+    for model in (emb, emb_plain):
+        assert model.side_prompt("query") == model.query_prompt() == get_detailed_instruct(CARD_TASK, "")
+        assert model.side_prompt("document") == ""
+        assert model.side_prompt(None) == ""
+        assert model.side_prompt("query", "Find code") == instructed
+        assert model.side_prompt("document", "Find code") == instructed  # symmetric tasks
+        assert model.side_prompt(None, "Find code") == instructed
+    with pytest.raises(ValueError, match=r"side must be one of \['query', 'document'\] or None, got 'doc'"):
+        emb.side_prompt("doc")
+    np.testing.assert_array_equal(
+        emb.encode_documents(DOCUMENTS[:3], instruction="Find code"),
+        emb.encode(DOCUMENTS[:3], prompt=instructed),
+    )
+
+
+def test_vocab_size_added_tokens_and_length_check(emb, minilm_dir):
+    assert emb.vocab_size == emb.model.get_input_embeddings().num_embeddings == 151669
+    assert emb.added_tokens == 1 and emb.hidden_size == 64
+    raw = emb.raw_ids(["hello world", "word " * 9000])
+    assert raw[0] == emb.tokenizer.encode("hello world", add_special_tokens=False)
+    assert len(raw[1]) > emb.max_length  # raw ids are never truncated
+    emb.check_lengths(raw[:1] + [raw[0] + [151643]])
+    with pytest.raises(
+        InputTooLongError, match=r"input\[1\] is \d+ tokens long, over this model's limit of 8192"
+    ):
+        emb.check_lengths(raw)
+    encoder = Embedder.from_pretrained(minilm_dir)
+    assert encoder.added_tokens == 2  # [CLS] ... [SEP]
+    assert encoder.vocab_size == encoder.model.get_input_embeddings().num_embeddings
+
+
+def test_a_callers_progress_bar_advances_per_batch(emb):
+    class Counter:
+        def __init__(self):
+            self.steps = []
+
+        def update(self, n=1):
+            self.steps.append(n)
+
+    bar = Counter()
+    out = emb.encode_documents(DOCUMENTS, batch_tokens=64, progress=bar)
+    assert sum(bar.steps) == len(DOCUMENTS) and len(bar.steps) > 1  # per batch, not per call
+    np.testing.assert_array_equal(out, emb.encode_documents(DOCUMENTS, batch_tokens=64))

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from embedforge import CheckpointError, Embedder, Reranker
+from embedforge.inputs import MIN_DIM
+from embedforge.pooling import truncate_and_normalize
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +104,42 @@ def test_reranker_bad_pairs(tiny_reranker_dir):
         rr.rank("q", ["d"], top_k=0)
     assert rr.score("q", []).shape == (0,)
     assert rr.rank("q", []) == []
+
+
+def test_lone_surrogates_are_refused_naming_the_index(emb, tiny_reranker_dir):
+    with pytest.raises(
+        ValueError,
+        match=r"texts\[1\] is not valid Unicode: it holds the lone surrogate U\+D800 at character 1",
+    ):
+        emb.encode(["fine", "a\ud800b"])
+    with pytest.raises(ValueError, match=r"texts\[0\] is not valid Unicode"):
+        emb.encode_queries("\udfff")
+    with pytest.raises(ValueError, match=r"instruction is not valid Unicode"):
+        emb.encode_queries(["q"], instruction="bad \ud800")
+    rr = Reranker.from_pretrained(tiny_reranker_dir)
+    with pytest.raises(ValueError, match=r"query is not valid Unicode"):
+        rr.score("q\ud800", ["d"])
+    with pytest.raises(ValueError, match=r"documents\[2\] is not valid Unicode"):
+        rr.score("q", ["d", "e", "\udc00"])
+    with pytest.raises(ValueError, match=r"pairs\[1\]\[1\] \(the document\) is not valid Unicode"):
+        rr.score_pairs([("q", "d"), ("q", "x\ud834")])
+    assert emb.encode(["a \U0001f600 b"]).shape == (1, 64)  # a proper surrogate pair's character is fine
+
+
+def test_min_dim_is_one_constant(emb):
+    assert MIN_DIM == 32
+    assert emb.encode(["x"], dim=MIN_DIM).shape == (1, MIN_DIM)
+    with pytest.raises(ValueError, match=f"between {MIN_DIM} and 64"):
+        emb.encode(["x"], dim=MIN_DIM - 1)
+
+
+def test_truncate_and_normalize_is_one_rule_for_numpy_and_torch():
+    x = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
+    x[1] = 0.0  # a zero row stays zero (norm floored at 1e-12)
+    for dim in (None, 32, 48):
+        a = truncate_and_normalize(x, dim, True)
+        b = truncate_and_normalize(torch.from_numpy(x), dim, True).numpy()
+        assert a.dtype == np.float32 and a.shape == (5, dim or 64)
+        np.testing.assert_allclose(a, b, atol=1e-7, rtol=0)
+        assert np.all(a[1] == 0)
+    np.testing.assert_array_equal(truncate_and_normalize(x, 32, False), x[:, :32])

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from embedforge import Reranker
-from embedforge.reranker import common_prefix_length
+from embedforge.inputs import InputTooLongError
+from embedforge.prompts import DEFAULT_RERANK_INSTRUCTION, format_rerank_document, format_rerank_query
+from embedforge.reranker import common_prefix_length, rank_order
 from reference import CardReranker
 from texts import DOCUMENTS, QUERIES
 
@@ -127,3 +129,66 @@ def test_reranker_forward_is_differentiable(rr):
     out[:, 1].sum().backward()
     assert rr.model.get_output_embeddings().weight.grad is not None
     rr.model.zero_grad(set_to_none=True)
+
+
+def test_long_query_is_cut_so_documents_keep_their_share(tiny_reranker_dir):
+    """A query far longer than the window must not cut the documents away (all would score alike)."""
+    rr = Reranker.from_pretrained(tiny_reranker_dir, max_length=256)
+    card = CardReranker(tiny_reranker_dir, max_length=256)
+    query = " ".join(f"term{i}" for i in range(600))
+    docs = ["The capital of China is Beijing.", "Gravity attracts bodies.", " ".join(["long"] * 400)]
+    pairs = [(query, d) for d in docs]
+    with pytest.warns(UserWarning, match="query was cut"):
+        out = rr.tokenize_pairs(pairs)
+    info = rr.tokenize_pairs_with_info(pairs)
+    assert info.ids == out and info.query_truncated == [True, True, True]
+
+    def encode(text):
+        return rr.tokenizer.encode(text, add_special_tokens=False)
+
+    room = 256 - len(rr.prefix_ids) - len(rr.suffix_ids)
+    fixed = len(encode(format_rerank_query("", DEFAULT_RERANK_INSTRUCTION)))
+    share = (room - fixed - len(encode(format_rerank_document("")))) // 2
+    doc_room = room - fixed - share  # what the stated rule promises a document
+    for doc, ids, ref in zip(docs, out, card.ids(pairs), strict=True):
+        assert len(ids) == 256 and ids[: len(rr.prefix_ids)] == rr.prefix_ids and ids[-9:] == rr.suffix_ids
+        body = ids[len(rr.prefix_ids) : -len(rr.suffix_ids)]
+        doc_part = encode(format_rerank_document(doc))[:doc_room]
+        assert body[-len(doc_part) :] == doc_part  # the document keeps min(its length, doc_room) tokens
+        query_part = encode(format_rerank_query(query, DEFAULT_RERANK_INSTRUCTION))
+        assert body[: -len(doc_part)] == query_part[: room - len(doc_part)]
+        assert "<Document>" not in rr.tokenizer.decode(ref)  # the model card's cut loses the document
+    margins = rr.forward(**rr.collate(out)).detach()  # (3, 2)
+    assert len(set((margins[:, 1] - margins[:, 0]).tolist())) == 3  # documents are told apart again
+
+
+def test_queries_within_their_share_are_never_cut(tiny_reranker_dir):
+    rr = Reranker.from_pretrained(tiny_reranker_dir, max_length=256)
+    card = CardReranker(tiny_reranker_dir, max_length=256)
+    pairs = [(" ".join(["q"] * 20), " ".join(["word"] * 500)), ("short", "doc")]
+    info = rr.tokenize_pairs_with_info(pairs)
+    assert info.query_truncated == [False, False]
+    assert info.ids == card.ids(pairs)
+
+
+def test_check_lengths_names_the_first_pair_that_needs_truncation(tiny_reranker_dir):
+    rr = Reranker.from_pretrained(tiny_reranker_dir, max_length=80)
+    rr.check_lengths([("q", "short")], name="documents")
+    with pytest.raises(
+        InputTooLongError, match=r"documents\[1\] is \d+ tokens long, over this model's limit of 80"
+    ) as e:
+        rr.check_lengths([("q", "short"), ("q", " ".join(["word"] * 100))], name="documents")
+    assert e.value.index == 1 and e.value.limit == 80 and e.value.n_tokens > 80
+
+
+def test_rank_order_best_first_ties_in_input_order():
+    assert rank_order([0.1, 0.9, 0.5, 0.9]) == [1, 3, 2, 0]
+    assert rank_order(np.array([0.2, np.nan, 0.7], dtype=np.float32)) == [2, 0, 1]
+    assert rank_order([0.3, 0.3, 0.3], top_k=2) == [0, 1]
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        rank_order([0.1], top_k=0)
+
+
+def test_vocab_size_is_the_embedding_table(rr):
+    assert rr.vocab_size == rr.model.get_input_embeddings().num_embeddings == 151669
+    assert rr.template_tokens == len(rr.prefix_ids) + len(rr.suffix_ids)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +18,12 @@ from tqdm.auto import tqdm
 DEFAULT_BATCH_TOKENS = 16384  # accelerators: large batches keep the GPU busy
 DEFAULT_CPU_BATCH_TOKENS = 4096  # CPUs: one 512-token text already fills the matmuls; small batches pad less
 DEFAULT_CHUNK_SIZE = 8192  # texts tokenized and held at a time
+
+
+class ProgressBar(Protocol):
+    """What the batch runner advances: a tqdm bar or anything with ``update(n)``."""
+
+    def update(self, n: int = 1) -> Any: ...
 
 
 @dataclass
@@ -83,14 +90,17 @@ def run_batched(
     out: torch.Tensor | None = None,
     show_progress: bool = False,
     desc: str = "batches",
-    progress: tqdm | None = None,
+    progress: ProgressBar | None = None,
 ) -> torch.Tensor:
     """Run ``fn`` over token-budget batches of ``ids`` and return its rows in input order.
 
-    ``fn`` takes a list of token-id lists and returns a tensor with one row per list.
+    ``fn`` takes a list of token-id lists and returns a tensor with one row per list. A given
+    ``progress`` bar advances by the inputs of each batch and is left open.
     """
     plan = plan_batches([len(x) for x in ids], max_tokens)
-    bar = progress if progress is not None else tqdm(total=len(ids), desc=desc, disable=not show_progress)
+    bar: Any = (
+        progress if progress is not None else tqdm(total=len(ids), desc=desc, disable=not show_progress)
+    )
     try:
         for batch in plan.batches:
             rows = fn([ids[i] for i in batch])

@@ -1,9 +1,10 @@
 """``Embedder``: Qwen3-Embedding (and any sentence-transformers model) done exactly and fast.
 
 Texts are formatted as the model card says (``prompts``), tokenized once with the end token
-appended exactly once, batched by length under a token budget (``batching``), pooled
-(``pooling``), L2-normalised, optionally truncated to a Matryoshka dimension, and returned in
-input order.
+appended exactly once, batched by length under a token budget (``batching``), run by the runtime
+(``runtime``: the backbone, pooled with ``pooling``), L2-normalised, optionally truncated to a
+Matryoshka dimension, and returned in input order. One ``Embedder`` may be shared by many
+threads: tokenizer calls are serialised, the rest holds no per-call state.
 """
 
 from __future__ import annotations
@@ -11,22 +12,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ._base import ModelWrapper, load_tokenizer
-from .batching import (
-    DEFAULT_CHUNK_SIZE,
-    chunks,
-    pad_left,
-    pad_right,
-    position_ids_from_mask,
-    run_batched,
-)
-from .inputs import check_dim, check_positive, check_texts
+from .batching import DEFAULT_CHUNK_SIZE, ProgressBar, chunks, pad_left, pad_right, run_batched
+from .inputs import InputTooLongError, check_dim, check_positive, check_text, check_texts
 from .loading import (
     CheckpointError,
     check_weights,
@@ -38,8 +32,9 @@ from .loading import (
     resolve_dtype,
     write_sentence_transformers,
 )
-from .pooling import Pooling, pool, truncate_and_normalize
-from .prompts import DEFAULT_QUERY_INSTRUCTION, ENDOFTEXT, query_prompt
+from .pooling import Pooling, truncate_and_normalize
+from .prompts import DEFAULT_QUERY_INSTRUCTION, ENDOFTEXT, query_prompt, side_prompt
+from .runtime import Runtime, TorchRuntime, check_backend
 
 DEFAULT_MAX_LENGTH = 8192
 
@@ -51,6 +46,9 @@ class Embedder(ModelWrapper):
     (last-token pooling, ``<|endoftext|>`` appended, the Qwen3 query prompt, L2 normalisation)
     and an encoder gets mean pooling with normalisation.
 
+    ``model`` is a transformers module (wrapped in a :class:`~embedforge.runtime.TorchRuntime`) or
+    any :class:`~embedforge.runtime.Runtime`.
+
     Example::
 
         emb = Embedder.from_pretrained("Qwen/Qwen3-Embedding-0.6B")
@@ -61,7 +59,7 @@ class Embedder(ModelWrapper):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | Runtime,
         tokenizer,
         *,
         pooling: Pooling | str,
@@ -76,18 +74,20 @@ class Embedder(ModelWrapper):
     ) -> None:
         check_positive(max_length, "max_length")
         check_positive(batch_tokens, "batch_tokens")
-        self.model = model
+        self.is_decoder = is_decoder
+        self.runtime: Runtime = self._torch_runtime(model) if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
         self.pooling = Pooling(pooling).value
         self.normalize = normalize
         self.prompts = dict(prompt_table or {})
         self.max_length = max_length
-        self.is_decoder = is_decoder
         self._batch_tokens = batch_tokens
         self.name_or_path = name_or_path
         self.fingerprint = fingerprint
         # Qwen3 rule: no special tokens from the tokenizer, then <|endoftext|> appended exactly once.
-        vocab_eos = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+        with self.tokenizer_lock:
+            vocab_eos = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+            self._n_special = tokenizer.num_special_tokens_to_add(pair=False)
         self.end_token_id: int | None = (
             vocab_eos
             if self.pooling == Pooling.LASTTOKEN.value
@@ -102,6 +102,9 @@ class Embedder(ModelWrapper):
         self.padding_side = padding_side
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.end_token_id or 0)
+
+    def _torch_runtime(self, module: torch.nn.Module) -> Runtime:
+        return TorchRuntime(module, causal=self.is_decoder)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -119,15 +122,18 @@ class Embedder(ModelWrapper):
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        backend: str = "torch",
     ) -> Embedder:
         """Load a local directory or a Hub id.
 
         ``max_length`` defaults to the checkpoint's sentence-transformers ``max_seq_length``,
         else 8192, and never exceeds an encoder's position table. ``dtype`` defaults to fp32 on
-        CPU and bf16 on CUDA. Pickle weights load only with ``allow_pickle=True``.
+        CPU and bf16 on CUDA. Pickle weights load only with ``allow_pickle=True``. ``backend``
+        names the runtime (``embedforge.runtime.BACKENDS``).
         """
         from transformers import AutoConfig, AutoModel
 
+        check_backend(backend)
         path = resolve_checkpoint(name_or_path, revision=revision)
         fmt = check_weights(path, allow_pickle=allow_pickle)
         dev = resolve_device(device)
@@ -169,20 +175,33 @@ class Embedder(ModelWrapper):
             fingerprint=fingerprint(path, mode, norm, length, sorted(prompt_table.items())),
         )
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
-
     # ------------------------------------------------------------------ formatting and tokens
+    def side_prompt(self, side: str | None, instruction: str | None = None) -> str:
+        """Text put before each input of ``side`` (``"query"``, ``"document"`` or ``None``): the
+        rule of :func:`embedforge.prompts.side_prompt` over this checkpoint's prompts."""
+        if instruction is not None:
+            check_text(instruction, "instruction")
+        return side_prompt(side, instruction, self.prompts)
+
     def query_prompt(self, instruction: str | None = None) -> str:
         """Text put before each query: the Qwen3 ``Instruct: ...\\nQuery:`` when an instruction is
         given, else the checkpoint's ``query`` prompt (the default Qwen3 one for bare decoders)."""
-        if instruction is not None:
-            if not isinstance(instruction, str):
-                raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
-            return query_prompt(instruction)
-        return self.prompts.get("query", "")
+        return self.side_prompt("query", instruction)
+
+    @property
+    def added_tokens(self) -> int:
+        """Tokens the embedder adds around a text: 1 (``<|endoftext|>``) for last-token models,
+        the tokenizer's special tokens ([CLS]/[SEP]) for encoders."""
+        return 1 if self.end_token_id is not None else self._n_special
+
+    def check_lengths(self, raw: Sequence[Sequence[int]], name: str = "input") -> None:
+        """Raise :class:`~embedforge.inputs.InputTooLongError` for the first token list (``raw_ids``
+        output, no special tokens) that would need truncation; a trailing end token counts once."""
+        eos = self.end_token_id
+        for i, x in enumerate(raw):
+            n = len(x) - (1 if eos is not None and x and x[-1] == eos else 0) + self.added_tokens
+            if n > self.max_length:
+                raise InputTooLongError(name, i, n, self.max_length)
 
     def finalize_ids(self, ids: Sequence[list[int]]) -> list[list[int]]:
         """Truncate token lists of text and add the model's special tokens.
@@ -200,23 +219,24 @@ class Embedder(ModelWrapper):
                     x = x[:-1]
                 out.append(x[: self.max_length - 1] + [eos])
             return out
-        room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
-        return [self.tokenizer.build_inputs_with_special_tokens(list(x)[:room]) for x in ids]
+        room = self.max_length - self._n_special
+        with self.tokenizer_lock:
+            return [self.tokenizer.build_inputs_with_special_tokens(list(x)[:room]) for x in ids]
 
     def tokenize(self, texts: Sequence[str], *, prompt: str = "") -> list[list[int]]:
         """``prompt + text`` for each text, tokenized exactly as the reference recipe does."""
         items = check_texts(texts)
+        check_text(prompt, "prompt")
         if not items:
             return []
         full = [prompt + t for t in items] if prompt else items
         if self.end_token_id is not None:
-            enc = self.tokenizer(
-                full, add_special_tokens=False, truncation=True, max_length=self.max_length - 1
-            )
+            room = self.max_length - 1
             eos = self.end_token_id
-            return [x + [eos] for x in enc["input_ids"]]
-        enc = self.tokenizer(full, add_special_tokens=True, truncation=True, max_length=self.max_length)
-        return [list(x) for x in enc["input_ids"]]
+            # the slice is a no-op; it keeps the limit even if code outside embedforge changed the
+            # shared tokenizer's truncation settings during the call
+            return [x[:room] + [eos] for x in self._token_ids(full, max_length=room)]
+        return self._token_ids(full, add_special_tokens=True, max_length=self.max_length)
 
     def collate(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         """Pad a batch of token lists (left for decoders, right for encoders) onto the device."""
@@ -228,13 +248,9 @@ class Embedder(ModelWrapper):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, dim: int | None = None
     ) -> torch.Tensor:
-        """Pooled, normalised embeddings (batch, dim or hidden); differentiable (training uses it)."""
-        kwargs = {}
-        if self.is_decoder:
-            # positions count real tokens only, so left padding never shifts a text's positions
-            kwargs = {"position_ids": position_ids_from_mask(attention_mask), "use_cache": False}
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        emb = pool(hidden, attention_mask, self.pooling)  # (batch, hidden)
+        """Pooled, normalised embeddings (batch, dim or hidden); differentiable with the torch
+        runtime (training uses it)."""
+        emb = self.runtime.embed(input_ids, attention_mask, self.pooling)  # (batch, hidden)
         return truncate_and_normalize(emb.float(), dim, self.normalize)
 
     # ------------------------------------------------------------------ encoding
@@ -273,20 +289,24 @@ class Embedder(ModelWrapper):
         show_progress: bool = False,
         convert_to: Literal["numpy", "torch"] = "numpy",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: ProgressBar | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed ``prompt + text`` for each text: (n, dim or hidden) float32 in input order.
 
         A single str gives a 1-D vector. Inputs are tokenized ``chunk_size`` at a time, so
-        memory beyond the output stays bounded for any number of texts.
+        memory beyond the output stays bounded for any number of texts. Progress advances per
+        batch: on the caller's ``progress`` bar when given (left open), else on a bar of its own
+        shown with ``show_progress``.
         """
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
         single = isinstance(texts, str)
-        items = [texts] if single else check_texts(texts)
+        items: list[str] = [texts] if isinstance(texts, str) else check_texts(texts)
         check_dim(dim, self.hidden_size)
         check_positive(batch_tokens, "batch_tokens")
         out = torch.empty((len(items), dim or self.hidden_size), dtype=torch.float32)
-        bar = tqdm(total=len(items), desc="embed", disable=not show_progress)
+        own_bar = progress is None
+        bar: Any = tqdm(total=len(items), desc="embed", disable=not show_progress) if own_bar else progress
         try:
             with torch.inference_mode():
                 for part in chunks(len(items), chunk_size):
@@ -299,7 +319,8 @@ class Embedder(ModelWrapper):
                         progress=bar,
                     )
         finally:
-            bar.close()
+            if own_bar:
+                bar.close()
         if single:
             out = out[0]
         return out.numpy() if convert_to == "numpy" else out
@@ -308,13 +329,14 @@ class Embedder(ModelWrapper):
         self, texts: str | Sequence[str], instruction: str | None = None, dim: int | None = None, **kwargs
     ) -> np.ndarray | torch.Tensor:
         """Embed queries with the query prompt (``Instruct: {instruction}\\nQuery:`` for Qwen3)."""
-        return self.encode(texts, prompt=self.query_prompt(instruction), dim=dim, **kwargs)
+        return self.encode(texts, prompt=self.side_prompt("query", instruction), dim=dim, **kwargs)
 
     def encode_documents(
-        self, texts: str | Sequence[str], dim: int | None = None, **kwargs
+        self, texts: str | Sequence[str], dim: int | None = None, *, instruction: str | None = None, **kwargs
     ) -> np.ndarray | torch.Tensor:
-        """Embed documents: raw text (or the checkpoint's ``document`` prompt)."""
-        return self.encode(texts, prompt=self.prompts.get("document", ""), dim=dim, **kwargs)
+        """Embed documents: raw text (or the checkpoint's ``document`` prompt); with an
+        ``instruction`` (symmetric tasks) the instructed prompt, as for queries."""
+        return self.encode(texts, prompt=self.side_prompt("document", instruction), dim=dim, **kwargs)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -322,8 +344,10 @@ class Embedder(ModelWrapper):
         ``Embedder.from_pretrained(path)`` or ``SentenceTransformer(path)``."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(out), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(out))
+        module: Any = self.model
+        module.save_pretrained(str(out), safe_serialization=True)
+        with self.tokenizer_lock:
+            self.tokenizer.save_pretrained(str(out))
         write_sentence_transformers(
             out,
             pooling=self.pooling,

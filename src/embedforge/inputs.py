@@ -4,9 +4,49 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+MIN_DIM = 32  # smallest Matryoshka dimension the library, the server and evaluation accept
+
+
+class InputTooLongError(ValueError):
+    """An input is longer than the model's window and the caller asked not to truncate.
+
+    ``index`` is its position in ``name``; ``n_tokens`` its length with the tokens the model adds.
+    """
+
+    def __init__(self, name: str, index: int, n_tokens: int, limit: int) -> None:
+        super().__init__(
+            f"{name}[{index}] is {n_tokens} tokens long, over this model's limit of {limit}; "
+            "shorten it or allow truncation"
+        )
+        self.name = name
+        self.index = index
+        self.n_tokens = n_tokens
+        self.limit = limit
+
+
+def check_unicode(text: str, name: str) -> str:
+    """Return ``text``, or raise ValueError when it is not valid Unicode (a lone surrogate such as
+    ``"\\ud800"``, which no tokenizer can encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise ValueError(
+            f"{name} is not valid Unicode: it holds the lone surrogate U+{ord(bad):04X} at character "
+            f"{exc.start}; surrogates must come in pairs (decode the input with errors='replace' to drop them)"
+        ) from None
+    return text
+
+
+def check_text(text: object, name: str) -> str:
+    """Return ``text`` as a valid-Unicode str, or raise naming ``name``."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    return check_unicode(text, name)
+
 
 def check_texts(texts: Iterable[str], name: str = "texts") -> list[str]:
-    """Return ``texts`` as a list of str, or raise naming the first bad element."""
+    """Return ``texts`` as a list of valid-Unicode str, or raise naming the first bad element."""
     if isinstance(texts, (str, bytes)):
         raise TypeError(f"{name} must be a list of str, got a single {type(texts).__name__}")
     try:
@@ -16,6 +56,7 @@ def check_texts(texts: Iterable[str], name: str = "texts") -> list[str]:
     for i, t in enumerate(items):
         if not isinstance(t, str):
             raise TypeError(f"{name}[{i}] is {type(t).__name__} ({t!r:.40}), expected str")
+        check_unicode(t, f"{name}[{i}]")
     return items
 
 
@@ -30,19 +71,21 @@ def check_pairs(pairs: Iterable[Sequence[str]], name: str = "pairs") -> list[tup
         q, d = p
         if not isinstance(q, str) or not isinstance(d, str):
             raise TypeError(f"{name}[{i}] must hold two str, got ({type(q).__name__}, {type(d).__name__})")
+        check_unicode(q, f"{name}[{i}][0] (the query)")
+        check_unicode(d, f"{name}[{i}][1] (the document)")
         out.append((q, d))
     return out
 
 
 def check_dim(dim: int | None, hidden: int) -> None:
-    """Matryoshka dims must lie in 32..hidden."""
+    """Matryoshka dims must lie in ``MIN_DIM``..hidden."""
     if dim is None:
         return
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"dim must be an int or None, got {type(dim).__name__} ({dim!r})")
-    if not 32 <= dim <= hidden:
+    if not MIN_DIM <= dim <= hidden:
         raise ValueError(
-            f"dim={dim} is out of range: Matryoshka dims must be between 32 and {hidden} (the hidden size)"
+            f"dim={dim} is out of range: Matryoshka dims must be between {MIN_DIM} and {hidden} (the hidden size)"
         )
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import overload
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+_EPS = 1e-12  # floor of the norm, as torch.nn.functional.normalize
 
 
 class Pooling(str, Enum):
@@ -66,8 +70,23 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: Pooling | str
     return _POOLERS[Pooling(mode)](hidden, attention_mask)
 
 
-def truncate_and_normalize(emb: torch.Tensor, dim: int | None, normalize: bool) -> torch.Tensor:
-    """Matryoshka: keep the first ``dim`` features, then L2-normalise (when the model normalises)."""
+@overload
+def truncate_and_normalize(emb: torch.Tensor, dim: int | None, normalize: bool = True) -> torch.Tensor: ...
+@overload
+def truncate_and_normalize(emb: np.ndarray, dim: int | None, normalize: bool = True) -> np.ndarray: ...
+def truncate_and_normalize(emb, dim, normalize=True):
+    """Matryoshka: keep the first ``dim`` features, then L2-normalise (when the model normalises).
+
+    The one truncate-and-renormalise rule: ``x[..., :dim] / max(||x[..., :dim]||, 1e-12)``, for torch
+    tensors (differentiable; training uses it) and numpy arrays (float32 out; evaluation and the
+    store use it). ``dim=None`` keeps every feature.
+    """
+    if isinstance(emb, np.ndarray):
+        out = np.asarray(emb[..., :dim] if dim is not None else emb, dtype=np.float32)
+        if not normalize:
+            return out
+        norms = np.linalg.norm(out, axis=-1, keepdims=True)
+        return out / np.maximum(norms, _EPS)
     if dim is not None:
         emb = emb[..., :dim]
-    return F.normalize(emb, p=2, dim=-1) if normalize else emb
+    return F.normalize(emb, p=2, dim=-1, eps=_EPS) if normalize else emb

@@ -7,6 +7,8 @@ input imports from here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # --- token ids of the Qwen3 tokenizer --------------------------------------------------------
 ENDOFTEXT_ID = 151643  # "<|endoftext|>": appended to every embedding input; also the pad token
 IM_END_ID = 151645  # "<|im_end|>": the tokenizer's eos_token — NOT the embedding end token
@@ -28,6 +30,30 @@ def format_query(query: str, instruction: str = DEFAULT_QUERY_INSTRUCTION) -> st
     return query_prompt(instruction) + query
 
 
+SIDES = ("query", "document")
+
+
+def side_prompt(side: str | None, instruction: str | None, table: Mapping[str, str]) -> str:
+    """The text put before every input of one side: the one rule, used by the embedder, the
+    server, evaluation and training.
+
+    - an instruction, on either side: the Qwen3 ``"Instruct: {instruction}\\nQuery:"`` (a task
+      that instructs documents too, like STS or ArguAna, passes it for documents);
+    - no instruction: the checkpoint's ``table[side]`` prompt (``query``: for Qwen3 the default
+      instruction; ``document``: usually empty);
+    - ``side=None`` (plain text) and no instruction: no prompt.
+    """
+    if instruction is not None:
+        if not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+        return query_prompt(instruction)
+    if side is None:
+        return ""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {list(SIDES)} or None, got {side!r}")
+    return table.get(side, "")
+
+
 # --- reranking ---------------------------------------------------------------------------------
 DEFAULT_RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
@@ -38,9 +64,20 @@ RERANK_PREFIX = (
 RERANK_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 
+def format_rerank_query(query: str, instruction: str = DEFAULT_RERANK_INSTRUCTION) -> str:
+    """The instruction-and-query part of a reranker pair (what the query's share of the window holds)."""
+    return f"<Instruct>: {instruction}\n<Query>: {query}"
+
+
+def format_rerank_document(document: str) -> str:
+    """The document part of a reranker pair, which follows the query part."""
+    return f"\n<Document>: {document}"
+
+
 def format_rerank_pair(query: str, document: str, instruction: str = DEFAULT_RERANK_INSTRUCTION) -> str:
-    """The middle part of a reranker input (the only part that is truncated)."""
-    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+    """The middle part of a reranker input (the only part that is truncated):
+    ``"<Instruct>: {instruction}\\n<Query>: {query}\\n<Document>: {document}"``."""
+    return format_rerank_query(query, instruction) + format_rerank_document(document)
 
 
 __all__ = [
@@ -52,10 +89,14 @@ __all__ = [
     "NO_ID",
     "RERANK_PREFIX",
     "RERANK_SUFFIX",
+    "SIDES",
     "YES_ID",
     "format_query",
+    "format_rerank_document",
     "format_rerank_pair",
+    "format_rerank_query",
     "query_prompt",
+    "side_prompt",
 ]
 
 

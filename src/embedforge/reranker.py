@@ -3,24 +3,37 @@
 score = softmax([z_no, z_yes])[1] of the next-token logits at the last position, computed from
 the final hidden state at that one position against only the ``no``/``yes`` rows of the LM head.
 When one query meets many documents, the longest common token prefix of their full sequences
-(system prompt, instruction, query) runs through the model once and its key/value cache serves
-every document.
+(system prompt, instruction, query) runs through the runtime once and its cache serves every
+document (when the runtime supports a reusable prefix cache).
+
+Truncation: an input is ``prefix + pair + suffix``; only the pair (instruction, query, document)
+is cut, to the room ``max_length - template`` tokens. A pair that fits is never cut. A pair that
+does not fit is cut from its end, as the model card does, so a long document loses its tail.
+The query gets a bounded share: of the tokens that the instruction and the two fixed headers
+(``<Instruct>: ... <Query>: `` and ``\n<Document>: ``) leave, the query may fill at most half,
+``share = (room - instruction part - headers) // 2``. When a pair does not fit and its query is
+longer than that share, cutting from the end would cut the document away (every document would
+then score the same), so the query is cut instead, with a warning, and the document keeps
+``min(its length, room - instruction part - share)`` tokens, its header included: at least half of
+what the instruction leaves, whatever the query's length. Queries within their share are never cut.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ._base import ModelWrapper, load_tokenizer
-from .batching import pad_left, pad_right, position_ids_from_mask, run_batched
-from .inputs import check_pairs, check_positive, check_texts
+from .batching import pad_left, pad_right, run_batched
+from .inputs import InputTooLongError, check_pairs, check_positive, check_text, check_texts
 from .loading import (
     check_weights,
     fingerprint,
@@ -28,8 +41,15 @@ from .loading import (
     resolve_device,
     resolve_dtype,
 )
-from .pooling import last_token_pool
-from .prompts import DEFAULT_RERANK_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX, format_rerank_pair
+from .prompts import (
+    DEFAULT_RERANK_INSTRUCTION,
+    RERANK_PREFIX,
+    RERANK_SUFFIX,
+    format_rerank_document,
+    format_rerank_pair,
+    format_rerank_query,
+)
+from .runtime import Runtime, TorchRuntime, check_backend
 
 DEFAULT_MAX_LENGTH = 8192
 MIN_SHARED_PREFIX = 16  # below this many common tokens, reuse saves less than it costs
@@ -44,6 +64,14 @@ class RankedDocument:
     document: str
 
 
+@dataclass
+class PairTokens:
+    """Token ids of reranker inputs (``prefix + pair + suffix``) and which had their query cut."""
+
+    ids: list[list[int]]
+    query_truncated: list[bool]
+
+
 def common_prefix_length(seqs: Sequence[list[int]]) -> int:
     """Length of the longest common token prefix, leaving at least one token in every sequence."""
     shortest = min(len(s) for s in seqs)
@@ -54,8 +82,23 @@ def common_prefix_length(seqs: Sequence[list[int]]) -> int:
     return n
 
 
+def rank_order(scores: Sequence[float] | np.ndarray, top_k: int | None = None) -> list[int]:
+    """Positions sorted best first; equal scores keep input order; NaN last; at most ``top_k``.
+
+    The one ranking rule of embedforge (``Reranker.rank``, the server's rerank endpoint).
+    """
+    check_positive(top_k, "top_k")
+    values = np.asarray(scores)
+    order = np.argsort(-values, kind="stable")  # (n,)
+    return [int(i) for i in order[:top_k]]
+
+
 class Reranker(ModelWrapper):
     """Qwen3-Reranker: point-wise relevance scores in [0, 1].
+
+    ``model`` is a transformers ``*ForCausalLM`` module (wrapped in a
+    :class:`~embedforge.runtime.TorchRuntime`) or any :class:`~embedforge.runtime.Runtime`. One
+    ``Reranker`` may be shared by many threads.
 
     Example::
 
@@ -65,7 +108,7 @@ class Reranker(ModelWrapper):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | Runtime,
         tokenizer,
         *,
         max_length: int = DEFAULT_MAX_LENGTH,
@@ -75,18 +118,17 @@ class Reranker(ModelWrapper):
         fingerprint: str = "",
     ) -> None:
         check_positive(batch_tokens, "batch_tokens")
-        self.model = model
+        self.runtime: Runtime = self._torch_runtime(model) if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
         self._batch_tokens = batch_tokens
         self.prefix_reuse = prefix_reuse
         self.name_or_path = name_or_path
         self.fingerprint = fingerprint
-        self.prefix_ids: list[int] = tokenizer.encode(RERANK_PREFIX, add_special_tokens=False)
-        self.suffix_ids: list[int] = tokenizer.encode(RERANK_SUFFIX, add_special_tokens=False)
-        if max_length <= len(self.prefix_ids) + len(self.suffix_ids):
+        self.prefix_ids, self.suffix_ids = self._token_ids([RERANK_PREFIX, RERANK_SUFFIX])
+        if max_length <= self.template_tokens:
             raise ValueError(
                 f"max_length={max_length} leaves no room for the pair: the template alone takes "
-                f"{len(self.prefix_ids) + len(self.suffix_ids)} tokens"
+                f"{self.template_tokens} tokens"
             )
         self.max_length = max_length
         self.yes_id = self._single_token("yes")
@@ -94,8 +136,11 @@ class Reranker(ModelWrapper):
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else 0
 
+    def _torch_runtime(self, module: torch.nn.Module) -> Runtime:
+        return TorchRuntime(module, causal=True)
+
     def _single_token(self, word: str) -> int:
-        ids = self.tokenizer.encode(word, add_special_tokens=False)
+        ids = self._token_ids([word])[0]
         if len(ids) != 1:
             raise ValueError(
                 f"the tokenizer splits {word!r} into {ids}; a Qwen3 reranker tokenizer is required"
@@ -115,14 +160,17 @@ class Reranker(ModelWrapper):
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        backend: str = "torch",
     ) -> Reranker:
-        """Load a Qwen3-Reranker checkpoint (``*ForCausalLM``) from a directory or the Hub."""
+        """Load a Qwen3-Reranker checkpoint (``*ForCausalLM``) from a directory or the Hub;
+        ``backend`` names the runtime (``embedforge.runtime.BACKENDS``)."""
         from transformers import AutoModelForCausalLM
 
+        check_backend(backend)
         path = resolve_checkpoint(name_or_path, revision=revision)
         fmt = check_weights(path, allow_pickle=allow_pickle)
         dev = resolve_device(device)
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             str(path),
             dtype=resolve_dtype(dtype, dev),
             use_safetensors=fmt == "safetensors",
@@ -140,20 +188,89 @@ class Reranker(ModelWrapper):
         )
 
     # ------------------------------------------------------------------ tokens
+    @property
+    def template_tokens(self) -> int:
+        """Tokens of the fixed template around every pair (prefix and suffix)."""
+        return len(self.prefix_ids) + len(self.suffix_ids)
+
+    @property
+    def pair_room(self) -> int:
+        """Tokens left for the pair (instruction, query, document) in one input."""
+        return self.max_length - self.template_tokens
+
+    @staticmethod
+    def _instruction(instruction: str | None) -> str:
+        return DEFAULT_RERANK_INSTRUCTION if instruction is None else check_text(instruction, "instruction")
+
+    def check_lengths(
+        self, pairs: Sequence[tuple[str, str]], instruction: str | None = None, *, name: str = "pairs"
+    ) -> None:
+        """Raise :class:`~embedforge.inputs.InputTooLongError` (naming ``name[i]``) for the first
+        pair whose full input, template included, exceeds ``max_length`` (would be truncated)."""
+        items = check_pairs(pairs)
+        instr = self._instruction(instruction)
+        texts = [format_rerank_pair(q, d, instr) for q, d in items]
+        for i, x in enumerate(self._token_ids(texts)):
+            if len(x) + self.template_tokens > self.max_length:
+                raise InputTooLongError(name, i, len(x) + self.template_tokens, self.max_length)
+
+    def tokenize_pairs_with_info(
+        self, pairs: Sequence[tuple[str, str]], instruction: str | None = None
+    ) -> PairTokens:
+        """``prefix + pair + suffix`` token ids per (query, document), truncated by the rule of
+        the module docstring, and which pairs had their query cut (no warning here)."""
+        items = check_pairs(pairs)
+        instr = self._instruction(instruction)
+        if not items:
+            return PairTokens([], [])
+        room = self.pair_room
+        texts = [format_rerank_pair(q, d, instr) for q, d in items]
+        # the model card's cut; the slice keeps the limit even if the shared tokenizer was changed
+        pair_ids = [x[:room] for x in self._token_ids(texts, max_length=room)]
+        truncated = [False] * len(items)
+        fixed, headers = (
+            len(x) for x in self._token_ids([format_rerank_query("", instr), format_rerank_document("")])
+        )
+        share = (room - fixed - headers) // 2  # the query's share of what instruction and headers leave
+        if share < 1:  # the instruction fills the window: nothing to share
+            return PairTokens([self.prefix_ids + x + self.suffix_ids for x in pair_ids], truncated)
+        heads = list(dict.fromkeys(q for q, _ in items))
+        head_ids = dict(
+            zip(heads, self._token_ids([format_rerank_query(q, instr) for q in heads]), strict=True)
+        )
+        maybe = [
+            i
+            for i, (q, _) in enumerate(items)
+            if len(pair_ids[i]) == room and len(head_ids[q]) - fixed > share
+        ]
+        full = self._token_ids([texts[i] for i in maybe])  # rare: only pairs with long queries
+        long = [i for i, x in zip(maybe, full, strict=True) if len(x) > room]
+        doc_room = room - fixed - share  # >= headers + share
+        docs = self._token_ids([format_rerank_document(items[i][1]) for i in long], max_length=doc_room)
+        for i, doc in zip(long, docs, strict=True):
+            head = head_ids[items[i][0]]
+            keep = room - len(doc)  # >= fixed + share: the query gives way, the document keeps its part
+            pair_ids[i] = head[:keep] + doc
+            truncated[i] = len(head) > keep
+        ids = [self.prefix_ids + x + self.suffix_ids for x in pair_ids]
+        return PairTokens(ids, truncated)
+
     def tokenize_pairs(
         self, pairs: Sequence[tuple[str, str]], instruction: str | None = None
     ) -> list[list[int]]:
-        """``prefix + pair + suffix`` token ids per (query, document); only the pair is truncated."""
-        items = check_pairs(pairs)
-        if not items:
-            return []
-        instr = DEFAULT_RERANK_INSTRUCTION if instruction is None else instruction
-        if not isinstance(instr, str):
-            raise TypeError(f"instruction must be a str, got {type(instr).__name__}")
-        room = self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
-        texts = [format_rerank_pair(q, d, instr) for q, d in items]
-        enc = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=room)
-        return [self.prefix_ids + list(x) + self.suffix_ids for x in enc["input_ids"]]
+        """``prefix + pair + suffix`` token ids per (query, document); only the pair is truncated
+        (see the module docstring); warns when queries are cut to leave the documents room."""
+        out = self.tokenize_pairs_with_info(pairs, instruction)
+        n_cut = sum(out.query_truncated)
+        if n_cut:
+            warnings.warn(
+                f"{n_cut} of {len(out.ids)} rerank pairs did not fit the {self.pair_room}-token pair window "
+                "with a query longer than half of the room the instruction leaves; their query was cut "
+                "so that the document keeps the other half (see embedforge.reranker)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return out.ids
 
     def collate(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         """Left-pad a batch onto the device (the last position is then the last real token)."""
@@ -161,26 +278,17 @@ class Reranker(ModelWrapper):
         return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
 
     # ------------------------------------------------------------------ model
-    def _yes_no_rows(self) -> torch.Tensor:
-        weight = self.model.get_output_embeddings().weight  # (vocab, hidden)
-        return weight[[self.no_id, self.yes_id]]  # (2, hidden)
-
     def last_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Final (normed) hidden state at the last real position: (batch, hidden)."""
-        hidden = self.model.base_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        ).last_hidden_state  # (batch, seq, hidden)
-        return last_token_pool(hidden, attention_mask)
+        return self.runtime.last_position_states(input_ids, attention_mask)
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """[z_no, z_yes] from last-position states: (batch, hidden) -> (batch, 2) float32."""
-        return (hidden @ self._yes_no_rows().T).float()
+        return self.runtime.head_logits(hidden, (self.no_id, self.yes_id))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits [no, yes] at the last position, (batch, 2); differentiable (training uses it)."""
+        """Logits [no, yes] at the last position, (batch, 2); differentiable with the torch
+        runtime (training uses it)."""
         return self.logits_from_hidden(self.last_hidden(input_ids, attention_mask))
 
     @staticmethod
@@ -201,33 +309,15 @@ class Reranker(ModelWrapper):
     def _score_shared_prefix(
         self, ids: Sequence[list[int]], prefix_len: int, max_tokens: int, bar: tqdm
     ) -> torch.Tensor:
-        """Run the common prefix once, then every remainder against its key/value cache."""
-        from transformers import DynamicCache
-
-        base = self.model.base_model
-        prefix = torch.tensor([ids[0][:prefix_len]], device=self.device)  # (1, P)
-        cached = base(input_ids=prefix, use_cache=True).past_key_values
-        layers = [(layer.keys, layer.values) for layer in cached.layers]  # each (1, kv_heads, P, head_dim)
+        """Run the common prefix once, then every remainder against the runtime's prefix cache."""
+        cache = self.runtime.build_prefix_cache(ids[0][:prefix_len])
 
         def run(batch: list[list[int]]) -> torch.Tensor:
             rest_ids, rest_mask = pad_right(batch, self.pad_token_id)  # (B, S)
-            rest_ids, rest_mask = rest_ids.to(self.device), rest_mask.to(self.device)
-            b = rest_ids.shape[0]
-            cache = DynamicCache(
-                ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in layers],
-                config=self.model.config,
-            )
-            mask = torch.cat([rest_mask.new_ones((b, prefix_len)), rest_mask], dim=1)  # (B, P + S)
-            positions = position_ids_from_mask(rest_mask, offset=prefix_len)  # (B, S)
-            hidden = base(
-                input_ids=rest_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state  # (B, S, hidden)
-            last = last_token_pool(hidden, rest_mask)  # (B, hidden)
-            return self.scores_from_logits(self.logits_from_hidden(last))
+            states = self.runtime.states_after_prefix(
+                cache, rest_ids.to(self.device), rest_mask.to(self.device)
+            )  # (B, hidden)
+            return self.scores_from_logits(self.logits_from_hidden(states))
 
         rests = [x[prefix_len:] for x in ids]
         return run_batched(rests, run, max_tokens=max_tokens, out=torch.empty(len(ids)), progress=bar)
@@ -241,9 +331,11 @@ class Reranker(ModelWrapper):
         show_progress: bool = False,
     ) -> np.ndarray:
         """Scores of tokenized inputs. ``groups`` lists positions that share a query: each group
-        of two or more reuses its common prefix (when ``prefix_reuse`` is on)."""
+        of two or more reuses its common prefix (when ``prefix_reuse`` is on and the runtime
+        supports a prefix cache)."""
         check_positive(batch_tokens, "batch_tokens")
         budget = batch_tokens or self.batch_tokens
+        reuse = self.prefix_reuse and self.runtime.supports_prefix_cache
         scores = torch.empty(len(ids))
         plain: list[int] = []
         bar = tqdm(total=len(ids), desc="rerank", disable=not show_progress)
@@ -254,7 +346,7 @@ class Reranker(ModelWrapper):
                     if not group:
                         continue
                     member_ids = [ids[i] for i in group]
-                    p = common_prefix_length(member_ids) if self.prefix_reuse and len(group) > 1 else 0
+                    p = common_prefix_length(member_ids) if reuse and len(group) > 1 else 0
                     if p >= MIN_SHARED_PREFIX:
                         scores[group] = self._score_shared_prefix(member_ids, p, budget, bar)
                     else:
@@ -293,8 +385,7 @@ class Reranker(ModelWrapper):
         show_progress: bool = False,
     ) -> np.ndarray:
         """Relevance in [0, 1] of each document to ``query``: (n_docs,) float32, input order."""
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        check_text(query, "query")
         docs = check_texts(documents, "documents")
         return self.score_pairs(
             [(query, d) for d in docs], instruction, batch_tokens=batch_tokens, show_progress=show_progress
@@ -312,16 +403,17 @@ class Reranker(ModelWrapper):
         check_positive(top_k, "top_k")
         docs = check_texts(documents, "documents")
         scores = self.score(query, docs, instruction, **kwargs)
-        order = np.argsort(-scores, kind="stable")[: top_k or len(docs)]
-        return [RankedDocument(int(i), float(scores[i]), docs[i]) for i in order]
+        return [RankedDocument(i, float(scores[i]), docs[i]) for i in rank_order(scores, top_k)]
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Save weights (safetensors) and tokenizer; reload with ``Reranker.from_pretrained``."""
-        self.model.save_pretrained(str(path), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(path))
+        module: Any = self.model
+        module.save_pretrained(str(path), safe_serialization=True)
+        with self.tokenizer_lock:
+            self.tokenizer.save_pretrained(str(path))
 
     def __repr__(self) -> str:
         return f"Reranker({self.name_or_path!r}, max_length={self.max_length}, device={self.device}, dtype={self.dtype})"
 
 
-__all__ = ["RankedDocument", "Reranker", "common_prefix_length"]
+__all__ = ["PairTokens", "RankedDocument", "Reranker", "common_prefix_length", "rank_order"]

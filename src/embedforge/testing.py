@@ -93,7 +93,8 @@ def make_random_qwen3(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = Qwen3Config(
+    # rope_theta: a typed argument before transformers 5, read into rope_parameters by 5.x
+    config = Qwen3Config(  # type: ignore[call-arg]
         vocab_size=shape.vocab_size,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
