@@ -115,7 +115,7 @@ def test_400_inputs_over_the_model_length_without_truncation(server, embedder, r
         )
         ids = [11] * (embedder.max_length + 5)
         assert_error(
-            c.post("/v1/embeddings", json={"input": ids, "truncate": False}),
+            c.post("/v1/embeddings", json={"input": ids, "truncate": False, "input_token_ids": True}),
             400,
             "invalid_input",
             contains=str(embedder.max_length),
@@ -136,7 +136,7 @@ def test_400_inputs_over_the_model_length_without_truncation(server, embedder, r
 def test_400_bad_token_ids_and_dimensions(server):
     with server.client() as c:
         assert_error(
-            c.post("/v1/embeddings", json={"input": [1, 2, 10**9]}),
+            c.post("/v1/embeddings", json={"input": [1, 2, 10**9], "input_token_ids": True}),
             400,
             "invalid_input",
             param="input",

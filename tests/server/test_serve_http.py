@@ -62,8 +62,8 @@ def test_query_prompt_instruction_and_document_side(server, embedder):
 def test_token_id_inputs(server, embedder):
     raw = [embedder.tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
     with server.client() as c:
-        many = c.post("/v1/embeddings", json={"input": raw}).json()
-        one = c.post("/v1/embeddings", json={"input": raw[1]}).json()
+        many = c.post("/v1/embeddings", json={"input": raw, "input_token_ids": True}).json()
+        one = c.post("/v1/embeddings", json={"input": raw[1], "input_token_ids": True}).json()
     assert np.array_equal(_vectors(many), embedder.encode(TEXTS))
     assert np.array_equal(_vectors(one), embedder.encode([TEXTS[1]]))
     assert many["usage"]["prompt_tokens"] == sum(len(x) + 1 for x in raw)
@@ -165,7 +165,10 @@ async def _mixed_requests(url: str, n: int) -> list[tuple[dict, httpx.Response]]
             )
         elif kind == 2:
             requests.append(
-                {"path": "/v1/embeddings", "json": {"input": [int(t) for t in rng.integers(0, 150000, 12)]}}
+                {
+                    "path": "/v1/embeddings",
+                    "json": {"input": [int(t) for t in rng.integers(0, 150000, 12)], "input_token_ids": True},
+                }
             )
         else:
             requests.append(

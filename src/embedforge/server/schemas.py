@@ -74,6 +74,13 @@ class EmbeddingRequest(BaseModel):
         True,
         description="Extension: cut inputs to the model's length (default); false turns a too-long input into a 400.",
     )
+    input_token_ids: bool = Field(
+        False,
+        description="Extension: true says that token-id inputs are this model's own token ids (its tokenizer, "
+        "no special tokens, as /v1/tokenize shows them). Token-id inputs without it are refused (400): OpenAI "
+        "clients that tokenize for you (LangChain's OpenAIEmbeddings by default) send OpenAI tiktoken ids, "
+        "which this model would read as other tokens.",
+    )
 
 
 class Embedding(BaseModel):

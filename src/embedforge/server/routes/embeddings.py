@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from embedforge.engine import EmbedTask
+from embedforge.engine import EmbedTask, EngineError, ErrorKind
 from embedforge.server.cancel import engine_result
 from embedforge.server.limits import check_input_count
 from embedforge.server.responses import ERROR_RESPONSES
@@ -34,6 +34,14 @@ def _to_task(req: EmbeddingRequest) -> EmbedTask:
     return EmbedTask(ids=[list(x) for x in inp], **common)  # type: ignore[union-attr]
 
 
+TOKEN_IDS_REFUSED = (
+    "input holds token ids, and nothing says which tokenizer made them: OpenAI clients that tokenize "
+    "for you send OpenAI's tiktoken ids, which this model would read as other tokens (wrong vectors). "
+    "Send text instead (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)); if these "
+    'are this model\'s own token ids, add "input_token_ids": true to the request.'
+)
+
+
 def _encode(row: np.ndarray, fmt: EncodingFormat) -> list[float] | str:
     if fmt is EncodingFormat.BASE64:
         return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
@@ -52,6 +60,8 @@ async def create_embeddings(req: EmbeddingRequest, request: Request) -> JSONResp
     model_id = state.resolve_model(req.model, Task.EMBEDDING)
     task = _to_task(req)  # the engine picks the side's prompt (Engine.side_prompt)
     check_input_count(len(task), state.settings.max_request_inputs, "input")
+    if task.ids is not None and not req.input_token_ids:
+        raise EngineError(ErrorKind.INVALID_INPUT, TOKEN_IDS_REFUSED, param="input")
     out = await engine_result(request, engine.submit_embed(task))
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(row, req.encoding_format)}
