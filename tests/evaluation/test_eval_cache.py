@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedforge.evaluation.cache import CacheKey, EmbeddingCache, cached_encode
-from embedforge.evaluation.data import texts_fingerprint
+from embedforge.store import EmbeddingStore as EmbeddingCache
+from embedforge.store import StoreKey as CacheKey
+from embedforge.store import cached_encode, texts_fingerprint
 
 
 class CountingEncoder:

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from embedforge.evaluation.cache import EmbeddingCache
 from embedforge.evaluation.data import BitextData
 from embedforge.evaluation.encoding import EncoderLike, encode_side, side_prompt, truncate_normalize
 from embedforge.evaluation.instructions import (
@@ -19,6 +18,7 @@ from embedforge.evaluation.instructions import (
     is_instruction_aware,
 )
 from embedforge.search import exact_search
+from embedforge.store import EmbeddingStore
 
 
 @dataclass
@@ -64,7 +64,7 @@ def evaluate_bitext(
         task, TaskKind.BITEXT, instruction_aware=is_instruction_aware(embedder), user_instruction=instruction
     )
     prompt = side_prompt(embedder, choice.query, query_side=False)
-    cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
+    cache = EmbeddingStore(cache_dir) if cache_dir is not None else None
     t0 = time.perf_counter()
     src = encode_side(embedder, data.source, prompt, cache=cache, desc="source", show_progress=show_progress)
     tgt = encode_side(embedder, data.target, prompt, cache=cache, desc="target", show_progress=show_progress)

@@ -2,40 +2,35 @@
 
 BEIR layout (the one MTEB and BEIR publish): ``corpus.jsonl`` (``_id``, ``title``, ``text``),
 ``queries.jsonl`` (``_id``, ``text``) and ``qrels/{split}.tsv`` (``query-id corpus-id score`` with a
-header row). A document's text is ``(title + " " + text).strip()`` when it has a title and
-``text.strip()`` otherwise — MTEB's convention, the one that reproduces its published figures.
+header row). Files are read by :mod:`embedforge.corpus`, so a document's text is its
+``full_text``: ``(title + " " + text).strip()`` with a title, ``text.strip()`` without — MTEB's
+convention, the one that reproduces its published figures.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedforge.textio import read_jsonl
+from embedforge.corpus import CorpusWarning, document_text, iter_documents, read_documents
+from embedforge.fileio import iter_text_lines
+from embedforge.store import texts_fingerprint
 
-
-def texts_fingerprint(texts: Iterable[str]) -> str:
-    """A stable sha256 of a sequence of texts (order matters); used to key embedding caches."""
-    h = hashlib.sha256()
-    n = 0
-    for t in texts:
-        b = t.encode("utf-8")
-        h.update(len(b).to_bytes(8, "little"))  # length prefix: ["ab", "c"] != ["a", "bc"]
-        h.update(b)
-        n += 1
-    h.update(n.to_bytes(8, "little"))
-    return h.hexdigest()
-
-
-def document_text(title: str | None, text: str | None) -> str:
-    """MTEB's document text: ``(title + " " + text).strip()`` when there is a title, else ``text.strip()``."""
-    text = text or ""
-    if title:
-        return (title + " " + text).strip()
-    return text.strip()
+__all__ = [
+    "BitextData",
+    "PairData",
+    "RetrievalData",
+    "document_text",
+    "load_beir",
+    "load_bitext",
+    "load_sts_csv",
+    "read_qrels",
+    "subset_pairs",
+    "texts_fingerprint",
+]
 
 
 @dataclass
@@ -106,8 +101,40 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
+def _read_queries(path: Path) -> dict[str, str]:
+    """Query id -> text of a BEIR ``queries.jsonl`` (``_id`` and string ``text`` on every line)."""
+    queries = {}
+    for q in iter_documents(path, field="text", id_field="_id", title_field=None):
+        queries[q.id] = q.text  # queries are used as written (MTEB does not strip them)
+    if not queries:
+        raise ValueError(f"{path} holds no queries")
+    return queries
+
+
+def _warn_missing_documents(qrels: dict[str, dict[str, int]], corpus_ids: set[str], where: Path) -> None:
+    """Warn (with counts) about judgements of documents the corpus lacks: they can never be retrieved."""
+    missing = [(q, d) for q, docs in qrels.items() for d in docs if d not in corpus_ids]
+    if not missing:
+        return
+    queries = {q for q, _ in missing}
+    unreachable = [q for q in queries if not any(d in corpus_ids for d in qrels[q])]
+    warnings.warn(
+        f"{where}: {len(missing)} judgements of {len(queries)} queries point at documents missing "
+        f"from the corpus (e.g. query {missing[0][0]!r} -> document {missing[0][1]!r}); "
+        f"{len(unreachable)} queries have no relevant document in the corpus at all and score 0",
+        CorpusWarning,
+        stacklevel=3,
+    )
+
+
 def load_beir(data_dir: str | Path, split: str = "test", *, name: str | None = None) -> RetrievalData:
-    """Load a BEIR-layout directory; only the queries judged in ``split`` are kept (as BEIR/MTEB do)."""
+    """Load a BEIR-layout directory; only the queries judged in ``split`` are kept (as BEIR/MTEB do).
+
+    Validated: every corpus and query row has ``_id`` and a string ``text``; corpus ids are unique;
+    the corpus, the queries and the qrels are not empty; qrels name known queries. Judgements of
+    documents missing from the corpus are kept (they count, as in BEIR) and reported in a
+    :class:`~embedforge.corpus.CorpusWarning` with their counts.
+    """
     d = Path(data_dir)
     corpus_path, queries_path, qrels_path = (
         d / "corpus.jsonl",
@@ -122,19 +149,25 @@ def load_beir(data_dir: str | Path, split: str = "test", *, name: str | None = N
     if not qrels_path.is_file():
         have = sorted(p.stem for p in (d / "qrels").glob("*.tsv")) if (d / "qrels").is_dir() else []
         raise FileNotFoundError(f"no qrels for split {split!r} at {qrels_path}; splits available: {have}")
-    corpus = read_jsonl(corpus_path)
-    queries = {str(q["_id"]): q["text"] for q in read_jsonl(queries_path)}
+    corpus = read_documents(corpus_path, field="text", id_field="_id")
+    if not corpus:
+        raise ValueError(f"{corpus_path} holds no documents")
+    queries = _read_queries(queries_path)
     qrels = read_qrels(qrels_path)
+    if not qrels:
+        raise ValueError(f"{qrels_path} holds no judgements (query-id corpus-id score rows)")
     missing = [q for q in qrels if q not in queries]
     if missing:
         raise ValueError(
             f"{qrels_path}: {len(missing)} query ids are not in {queries_path}, e.g. {missing[:3]}"
         )
+    corpus_ids = [doc.id for doc in corpus]
+    _warn_missing_documents(qrels, set(corpus_ids), qrels_path)
     query_ids = [q for q in queries if q in qrels]  # file order
     return RetrievalData(
         name=name or d.name,
-        corpus_ids=[str(c["_id"]) for c in corpus],
-        corpus_texts=[document_text(c.get("title"), c.get("text")) for c in corpus],
+        corpus_ids=corpus_ids,
+        corpus_texts=[doc.full_text for doc in corpus],
         query_ids=query_ids,
         query_texts=[queries[q] for q in query_ids],
         qrels={q: qrels[q] for q in query_ids},
@@ -194,8 +227,7 @@ class BitextData:
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"bitext file {path} not found")
-    with path.open(encoding="utf-8") as f:
-        return [line.rstrip("\n").rstrip("\r") for line in f]
+    return [line for _, line in iter_text_lines(path)]  # split on \n and \r\n only
 
 
 def load_bitext(source_path: str | Path, target_path: str | Path, *, name: str | None = None) -> BitextData:

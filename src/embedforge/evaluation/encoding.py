@@ -6,12 +6,15 @@ cache are handled in one place.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
-from embedforge.evaluation.cache import EmbeddingCache, Encoded, cached_encode
+from embedforge import prompts
+from embedforge.pooling import truncate_and_normalize
+from embedforge.store import EmbeddingStore, Encoded, Progress, cached_encode
 
 
 class EncoderLike(Protocol):
@@ -29,17 +32,20 @@ class EncoderLike(Protocol):
     ) -> np.ndarray: ...
 
 
-def side_prompt(embedder: EncoderLike, instruction: str | None, *, query_side: bool) -> str:
-    """The text put before every input of one side.
+def _accepts_progress(embedder: EncoderLike) -> bool:
+    """Whether ``embedder.encode`` takes a ``progress`` bar to advance per batch."""
+    try:
+        return "progress" in inspect.signature(embedder.encode).parameters
+    except (TypeError, ValueError):
+        return False
 
-    With an instruction: the model's query prompt for it (Qwen3: ``"Instruct: {instruction}\\nQuery:"``).
-    Without: the checkpoint's own ``query`` / ``document`` prompt (usually none for documents).
-    """
-    if instruction is not None:
-        return embedder.query_prompt(instruction)
-    if query_side:
-        return embedder.query_prompt(None)
-    return dict(getattr(embedder, "prompts", None) or {}).get("document", "")
+
+def side_prompt(embedder: EncoderLike, instruction: str | None, *, query_side: bool) -> str:
+    """The text put before every input of one side: :func:`embedforge.prompts.side_prompt` over the
+    embedder's own prompt table (an instruction gives Qwen3's ``"Instruct: {instruction}\\nQuery:"``,
+    none gives the checkpoint's ``query`` / ``document`` prompt, usually none for documents)."""
+    table = dict(getattr(embedder, "prompts", None) or {})
+    return prompts.side_prompt("query" if query_side else "document", instruction, table)
 
 
 def encode_side(
@@ -47,14 +53,20 @@ def encode_side(
     texts: Sequence[str],
     prompt: str,
     *,
-    cache: EmbeddingCache | None,
+    cache: EmbeddingStore | None,
     desc: str,
     show_progress: bool = True,
 ) -> Encoded:
-    """Full-dimension, L2-normalised embeddings of ``prompt + text`` for every text, through the cache."""
+    """Full-dimension, L2-normalised embeddings of ``prompt + text`` for every text, through the store.
 
-    def run(batch: Sequence[str]) -> np.ndarray:
-        # the cache draws its own progress bar per chunk; without a cache the embedder draws one
+    The store draws one progress bar; an embedder whose ``encode`` takes ``progress`` advances it
+    per batch, any other per stored chunk.
+    """
+    per_batch = _accepts_progress(embedder)
+
+    def run(batch: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        if per_batch:
+            return embedder.encode(list(batch), prompt=prompt, progress=progress)  # type: ignore[call-arg]
         return embedder.encode(list(batch), prompt=prompt, show_progress=show_progress and cache is None)
 
     return cached_encode(
@@ -67,6 +79,7 @@ def encode_side(
         encode=run,
         desc=desc,
         show_progress=show_progress,
+        encode_takes_progress=per_batch,
     )
 
 
@@ -81,9 +94,7 @@ def truncate_normalize(embeddings: np.ndarray, dim: int | None, *, normalized: b
         raise ValueError(f"dimension {dim} is out of range: the model's embeddings have {full} dimensions")
     if normalized and (dim is None or dim == full):
         return embeddings
-    emb = np.asarray(embeddings[:, :dim] if dim is not None else embeddings, dtype=np.float32)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)  # (n, 1)
-    return emb / np.maximum(norms, 1e-12)
+    return truncate_and_normalize(embeddings, dim)  # the library's one rule, numpy variant
 
 
 def parse_dims(text: str | None, full: int | None = None) -> list[int]:

@@ -128,7 +128,7 @@ class MtebEncoder:
             instruction = self.instructions[name]
         if instruction is None:
             return ""
-        return self.embedder.query_prompt(instruction)
+        return side_prompt(self.embedder, instruction, query_side=query)
 
     def encode(
         self,

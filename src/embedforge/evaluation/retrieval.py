@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from embedforge.evaluation.cache import EmbeddingCache
 from embedforge.evaluation.data import RetrievalData
 from embedforge.evaluation.encoding import EncoderLike, encode_side, side_prompt, truncate_normalize
 from embedforge.evaluation.instructions import (
@@ -28,6 +27,7 @@ from embedforge.evaluation.instructions import (
 from embedforge.evaluation.metrics import DEFAULT_METRICS, RetrievalScores, Run, retrieval_scores
 from embedforge.prompts import DEFAULT_RERANK_INSTRUCTION
 from embedforge.search import exact_search
+from embedforge.store import EmbeddingStore
 
 
 class RerankerLike(Protocol):
@@ -166,7 +166,7 @@ def evaluate_retrieval(
     )
     q_prompt = side_prompt(embedder, choice.query, query_side=True)
     d_prompt = side_prompt(embedder, choice.document, query_side=False)
-    cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
+    cache = EmbeddingStore(cache_dir) if cache_dir is not None else None
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()

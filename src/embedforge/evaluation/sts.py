@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from embedforge.evaluation.cache import EmbeddingCache
 from embedforge.evaluation.data import PairData
 from embedforge.evaluation.encoding import EncoderLike, encode_side, side_prompt, truncate_normalize
 from embedforge.evaluation.instructions import (
@@ -19,6 +18,7 @@ from embedforge.evaluation.instructions import (
     is_instruction_aware,
 )
 from embedforge.evaluation.metrics import correlation
+from embedforge.store import EmbeddingStore
 
 
 @dataclass
@@ -67,7 +67,7 @@ def evaluate_sts(
     )
     # STS is symmetric: both sides take the same prompt (none for models without instructions)
     prompt = side_prompt(embedder, choice.query, query_side=False)
-    cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
+    cache = EmbeddingStore(cache_dir) if cache_dir is not None else None
     t0 = time.perf_counter()
     e1 = encode_side(
         embedder, data.sentences1, prompt, cache=cache, desc="sentences1", show_progress=show_progress

@@ -7,16 +7,15 @@ name); it then overrides the run's corpus language in that document's prompts (m
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from embedforge.evaluation.data import document_text
+from embedforge.corpus import iter_records, record_id, to_document
 from embedforge.synthesis.config import language_name
-from embedforge.synthesis.store import iter_jsonl_lines
 
-TEXT_FIELDS = ("text", "contents", "content", "passage", "body")
-ID_FIELDS = ("_id", "id", "doc_id", "docid")
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 
 
@@ -32,27 +31,36 @@ class Document:
     )
 
 
-def _record_text(obj: dict, text_field: str | None, where: str) -> str:
-    if text_field is not None:
-        if text_field not in obj:
-            raise ValueError(f"{where}: no field {text_field!r} (fields: {sorted(obj)})")
-        text = obj[text_field]
-    else:
-        name = next((f for f in TEXT_FIELDS if f in obj), None)
-        if name is None:
+def _language(metadata: Mapping[str, Any]) -> str | None:
+    lang = next(
+        (metadata[f] for f in LANGUAGE_FIELDS if isinstance(metadata.get(f), str) and metadata[f].strip()),
+        None,
+    )
+    return language_name(lang) if lang else None
+
+
+def _file_documents(p: Path, text_field: str | None) -> Iterator[Document]:
+    """Non-empty documents of a corpus file, read by :mod:`embedforge.corpus` (its text, title and id
+    rules); a record without an id is named by its line number, so ids stay stable when lines are added."""
+    seen: dict[str, str] = {}
+    for record in iter_records(p):
+        doc = to_document(record, field=text_field)
+        text = doc.full_text
+        if not text:
+            continue
+        doc_id = doc.id if record_id(record)[0] is not None else str(record.line)
+        if doc_id in seen:
             raise ValueError(
-                f"{where}: no text field; expected one of {list(TEXT_FIELDS)} (fields: {sorted(obj)})"
+                f"{record.where}: duplicate document id {doc_id!r} (first at {seen[doc_id]}); "
+                "ids key the resumable output"
             )
-        text = obj[name]
-    if not isinstance(text, str):
-        raise ValueError(f"{where}: the text must be a string, got {type(text).__name__}")
-    title = obj.get("title")
-    # BEIR: title and text together make the passage, joined as everywhere else in embedforge
-    return document_text(title if isinstance(title, str) else None, text)
+        seen[doc_id] = record.where
+        yield Document(doc_id, text, _language(doc.metadata))
 
 
 def load_corpus(path: str | Path, *, text_field: str | None = None) -> list[Document]:
-    """Documents with non-empty text, in file order. Ids: the record's ``_id``/``id``/``doc_id``, the
+    """Documents with non-empty text, in file order, from a corpus file (BEIR ``corpus.jsonl``, JSONL,
+    TXT, Parquet, CSV) or a folder of text files. Ids: the record's ``_id``/``id``/``doc_id``, the
     line number when it has none, or a file's path relative to the folder."""
     p = Path(path)
     if not p.exists():
@@ -67,19 +75,7 @@ def load_corpus(path: str | Path, *, text_field: str | None = None) -> list[Docu
             if text.strip():
                 docs.append(Document(f.relative_to(p).as_posix(), text.strip()))
     else:
-        for lineno, obj in iter_jsonl_lines(p):
-            text = _record_text(obj, text_field, f"{p}:{lineno}")
-            if not text.strip():
-                continue
-            doc_id = next((str(obj[f]) for f in ID_FIELDS if f in obj), str(lineno))
-            lang = next(
-                (obj[f] for f in LANGUAGE_FIELDS if isinstance(obj.get(f), str) and obj[f].strip()), None
-            )
-            docs.append(Document(doc_id, text.strip(), language_name(lang) if lang else None))
-    ids = [d.id for d in docs]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"corpus {str(p)!r} has duplicate document id {dup!r}; ids key the resumable output")
+        docs = list(_file_documents(p, text_field))
     if not docs:
         raise ValueError(f"corpus {str(p)!r} holds no non-empty document")
     return docs

@@ -15,9 +15,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from embedforge.fileio import iter_jsonl, iter_jsonl_lines, write_jsonl
+
+__all__ = [
+    "RecordKey",
+    "SynthesisStore",
+    "failed_path",
+    "iter_jsonl",
+    "iter_jsonl_lines",
+    "repair_tail",
+    "write_jsonl",
+]
 
 
 @dataclass(frozen=True, order=True)
@@ -74,38 +86,6 @@ def repair_tail(path: Path) -> int:
         f.flush()
         os.fsync(f.fileno())
         return size - keep
-
-
-def iter_jsonl(path: str | Path) -> Iterator[dict]:
-    """Every object of a JSONL file; a line that is not a JSON object raises naming file and line."""
-    for _, obj in iter_jsonl_lines(path):
-        yield obj
-
-
-def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of every non-blank line of a JSONL file."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
-def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
-    """Write a whole JSONL file atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 class _AppendFile:
