@@ -159,8 +159,11 @@ def test_api_key_and_input_limit(make_server, embedder):
     with make_server(api_key="secret", max_request_inputs=2) as srv:
         with pytest.raises(cohere.UnauthorizedError):
             v2(srv.url, "wrong").rerank(model=RERANKER_ID, query="q", documents=["d"])
-        with pytest.raises(cohere.UnauthorizedError):
+        with pytest.raises(cohere.UnauthorizedError) as unauthorized:
             v2(srv.url, "wrong").embed(model=EMBEDDER_ID, texts=["x"], input_type="search_query")
+        assert set(unauthorized.value.body) == {"id", "message"}
+        with pytest.raises(cohere.UnauthorizedError):
+            v1(srv.url, "wrong").embed(texts=["x"])
         ok = v2(srv.url, "secret").embed(model=EMBEDDER_ID, texts=["x"], input_type="search_query")
         assert np.array_equal(
             np.array(ok.embeddings.float_, dtype=np.float32), embedder.encode_queries(["x"])
