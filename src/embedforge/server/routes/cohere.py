@@ -148,6 +148,7 @@ def encode_embeddings(vectors: np.ndarray, kinds: list[EmbeddingType]) -> dict[s
 
     ``vectors``: (n, dim) float32.
     """
+    # Imported here: the index package (pyarrow) loads only when a quantised type is asked for.
     from embedforge.index.quantize import quantize_binary, quantize_int8
 
     dim = vectors.shape[1]
