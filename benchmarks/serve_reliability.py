@@ -115,7 +115,7 @@ def build(probe: Probe, rng: np.random.Generator) -> tuple[bytes, dict[str, str]
     elif probe.name == "unknown_model":
         body = {"input": "hello", "model": "text-embedding-3-small"}
     elif probe.name == "bad_token_id":
-        body = {"input": [1, 2, 10**9]}
+        body = {"input": [1, 2, 10**9], "input_token_ids": True}  # the vocabulary check, not the opt-in
     else:
         raise ValueError(probe.name)
     return json.dumps(body).encode(), auth
