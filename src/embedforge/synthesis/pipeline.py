@@ -58,8 +58,8 @@ class PersonaIndex:
             max_length=embedder.max_length,
             pooling=embedder.pooling,
             texts=self.personas,
-            prompt=embedder.prompts.get("document", ""),
-            encode=lambda texts: embedder.encode_documents(list(texts)),
+            prompt=embedder.side_prompt("document"),
+            encode=lambda texts: np.asarray(embedder.encode_documents(list(texts))),
             desc="embed personas",
             show_progress=show_progress,
         )

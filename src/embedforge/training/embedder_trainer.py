@@ -54,7 +54,7 @@ def embedder_batch(
     query: list[list[int]] = []
     for r in records:  # instructions may differ between records
         query += embedder.tokenize([r.query], prompt=embedder.query_prompt(r.instruction or instruction))
-    doc_prompt = embedder.prompts.get("document", "")
+    doc_prompt = embedder.side_prompt("document")
     positive = embedder.tokenize([r.positive for r in records], prompt=doc_prompt)
     neg_texts = [d for r in records for d in r.negatives[:num_negatives]]
     negatives = embedder.tokenize(neg_texts, prompt=doc_prompt) if neg_texts else []
@@ -199,7 +199,13 @@ def load_for_training(loader, cfg, device: torch.device, resume_from: Path | Non
     else:
         params = [p for p in wrapper.model.parameters() if p.requires_grad]
     if cfg.gradient_checkpointing:
-        wrapper.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = wrapper.model
+        if hasattr(
+            model, "activation_checkpointing_enable"
+        ):  # transformers >= 5.24 (the old name is deprecated)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora is not None and hasattr(wrapper.model, "enable_input_require_grads"):
             wrapper.model.enable_input_require_grads()
     wrapper.model.train()
