@@ -6,9 +6,8 @@ cache are handled in one place.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,24 +19,30 @@ from embedforge.store import EmbeddingStore, Encoded, Progress, cached_encode
 class EncoderLike(Protocol):
     """What evaluation needs of :class:`embedforge.Embedder`."""
 
-    fingerprint: str
-    max_length: int
-    pooling: str
-    hidden_size: int
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def max_length(self) -> int: ...
+
+    @property
+    def pooling(self) -> str: ...
+
+    @property
+    def hidden_size(self) -> int: ...
 
     def query_prompt(self, instruction: str | None = None) -> str: ...
 
     def encode(
-        self, texts: Sequence[str], *, prompt: str = "", show_progress: bool = False
-    ) -> np.ndarray: ...
-
-
-def _accepts_progress(embedder: EncoderLike) -> bool:
-    """Whether ``embedder.encode`` takes a ``progress`` bar to advance per batch."""
-    try:
-        return "progress" in inspect.signature(embedder.encode).parameters
-    except (TypeError, ValueError):
-        return False
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str = "",
+        show_progress: bool = False,
+        progress: Progress | None = None,
+    ) -> Any:
+        """(n, hidden) embeddings; advances ``progress`` (when given) once per encoded batch."""
+        ...
 
 
 def side_prompt(embedder: EncoderLike, instruction: str | None, *, query_side: bool) -> str:
@@ -59,15 +64,11 @@ def encode_side(
 ) -> Encoded:
     """Full-dimension, L2-normalised embeddings of ``prompt + text`` for every text, through the store.
 
-    The store draws one progress bar; an embedder whose ``encode`` takes ``progress`` advances it
-    per batch, any other per stored chunk.
+    The store draws one progress bar and the embedder advances it per batch (issue 15 item 11).
     """
-    per_batch = _accepts_progress(embedder)
 
-    def run(batch: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        if per_batch:
-            return embedder.encode(list(batch), prompt=prompt, progress=progress)  # type: ignore[call-arg]
-        return embedder.encode(list(batch), prompt=prompt, show_progress=show_progress and cache is None)
+    def run(batch: Sequence[str], progress: Progress) -> np.ndarray:
+        return np.asarray(embedder.encode(list(batch), prompt=prompt, progress=progress))
 
     return cached_encode(
         cache,
@@ -79,7 +80,7 @@ def encode_side(
         encode=run,
         desc=desc,
         show_progress=show_progress,
-        encode_takes_progress=per_batch,
+        encode_takes_progress=True,
     )
 
 
