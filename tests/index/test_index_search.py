@@ -160,6 +160,7 @@ def test_quantised_search_rescoring_every_row_equals_exact(built, tiny_embedder,
     full = index.search(QUERIES, k=10, mode=mode, rescore_multiplier=n)  # every row is a candidate
     assert_rankings(index, QUERIES, full, exact)
     few = index.search(QUERIES, k=10, mode=mode, rescore_multiplier=2)
+    assert index.vectors(full=False).matrix is None  # memory holds the codes; rescoring reads the disk
     for hs in few:  # rescored with full precision: the scores are exact dot products, best first
         assert [h.score for h in hs] == sorted((h.score for h in hs), reverse=True)
     where = index.search("gene", k=5, mode=mode, where="topic = 'bio'", rescore_multiplier=n)

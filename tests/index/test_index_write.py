@@ -200,3 +200,13 @@ def test_resuming_with_another_model_is_refused(
         index = Index.build(corpus_file, out, tiny_embedder, batch_size=64, show_progress=False)
     assert index.last_write is not None
     assert (index.last_write.unchanged, index.last_write.embedded) == (64, len(index) - 64)
+
+
+def test_quantised_codes_follow_writes(index):
+    index.search("gene", mode="binary")
+    index.add(
+        [{"_id": "zz", "title": "", "text": "zebra", "year": 2020, "topic": "bio"}], show_progress=False
+    )
+    index.delete(["d3"])
+    ids = {h.id for h in index.search("zebra", k=len(index), mode="binary", rescore_multiplier=1)}
+    assert "zz" in ids and "d3" not in ids and len(ids) == len(index)

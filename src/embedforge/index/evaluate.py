@@ -106,7 +106,7 @@ def evaluate_index(
     t2 = time.perf_counter()
     run = run_of(data.query_ids, found)
     scores = retrieval_scores(data.qrels, run, names)
-    in_index = set(idx.vectors().ids)
+    in_index = set(idx.vectors(full=False).ids)
     judged = {d for docs in data.qrels.values() for d in docs}
     return {
         "index": str(Path(index_dir)),

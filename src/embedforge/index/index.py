@@ -352,22 +352,35 @@ class Index:
         self._vectors = None
         self._compact = None
 
-    def vectors(self) -> tbl.Vectors:
-        """Every row's id and vector in table order (cached until the table changes)."""
+    def vectors(self, *, full: bool = True) -> tbl.Vectors:
+        """Every row's id, row id and (``full``) vector in table order, cached until the table changes."""
         self.table.checkout_latest()
-        if self._vectors is None or self._vectors.version != self.table.version:
-            self._vectors = tbl.load_vectors(self.table, self.manifest.dim)
+        stale = self._vectors is None or self._vectors.version != self.table.version
+        if stale:
             self._compact = None
+        if stale or (full and self._vectors is not None and self._vectors.matrix is None):
+            self._vectors = tbl.load_vectors(self.table, self.manifest.dim)
+        assert self._vectors is not None
         return self._vectors
 
+    def matrix(self) -> np.ndarray:
+        """(rows, dim) float32: every stored vector in table order."""
+        m = self.vectors(full=True).matrix
+        assert m is not None
+        return m
+
     def compact(self, kind: str) -> CompactVectors:
-        vectors = self.vectors()
+        """The quantised codes of every row; the float vectors are then dropped from memory (the
+        rescoring reads the candidates' vectors from disk)."""
+        self.vectors(full=False)  # drops the codes of an older table version
         if self._compact is None or self._compact.kind != kind:
+            matrix = self.matrix()
             ranges = None
             if kind == "int8":
                 r = self.manifest.int8_ranges
-                ranges = np.asarray(r, np.float32) if r is not None else int8_ranges(vectors.matrix)
-            self._compact = CompactVectors.from_vectors(kind, vectors.matrix, ranges)
+                ranges = np.asarray(r, np.float32) if r is not None else int8_ranges(matrix)
+            self._compact = CompactVectors.from_vectors(kind, matrix, ranges)
+        self.vectors(full=False).matrix = None
         return self._compact
 
     def encode_queries(self, queries: Sequence[str], instruction: str | None = None) -> np.ndarray:
@@ -444,16 +457,16 @@ class Index:
                 f"vectors, so queries must be (n, {self.manifest.dim})"
             )
         tbl.check_where(self.table, where)
-        vectors = self.vectors()
+        m = self.manifest
+        if mode == "auto":
+            mode = m.quantization or ("ann" if m.ann else "exact")
+        vectors = self.vectors(full=mode == "exact")
         rows = None
         if where is not None:
             match = tbl.scan(self.table, ["id"], where, row_ids=True)["_rowid"].to_numpy()
             rows = np.nonzero(np.isin(vectors.row_ids, match))[0]
-        m = self.manifest
-        if mode == "auto":
-            mode = m.quantization or ("ann" if m.ann else "exact")
         if mode == "exact":
-            cand = H.exact(q, vectors.matrix, k, rows)
+            cand = H.exact(q, self.matrix(), k, rows)
         elif mode == "ann":
             if not m.ann:
                 raise ValueError(
@@ -498,7 +511,7 @@ class Index:
             self.manifest.quantization = kind
             self._invalidate()
             if kind == "int8":
-                self.manifest.int8_ranges = int8_ranges(self.vectors().matrix).tolist()
+                self.manifest.int8_ranges = int8_ranges(self.matrix()).tolist()
             out["quantization"] = kind
         self._invalidate()
         self.manifest.updated_at = time.time()

@@ -152,7 +152,7 @@ class Vectors:
     version: int
     ids: list[str]
     row_ids: np.ndarray  # (n,) uint64
-    matrix: np.ndarray  # (n, dim) float32
+    matrix: np.ndarray | None  # (n, dim) float32; None once quantised codes replaced it in memory
 
     def positions(self, ids: Sequence[str]) -> np.ndarray:
         where = {d: i for i, d in enumerate(self.ids)}
