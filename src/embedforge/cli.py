@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .scaleout.cluster import EngineOptions, add_engine_arguments
 from .spec import ModelSpec, add_progress_argument
 from .textio import read_texts, write_embeddings
 
@@ -50,6 +51,11 @@ def check_output_path(path: str | os.PathLike) -> Path:
 def _cmd_embed(args: argparse.Namespace) -> int:
     spec = ModelSpec.required_from_args(args)  # validates the model options; loads nothing
     check_output_path(args.output)  # before reading, loading or encoding anything
+    engine = EngineOptions.from_args(args)
+    if engine.is_ray:
+        from .scaleout.cli import embed_on_ray
+
+        return embed_on_ray(args, spec, engine)
     texts, ids = read_texts(args.input, args.field)
     emb = spec.load_embedder()
     show = not args.no_progress
@@ -103,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default=None, help="query instruction (default: the model's)")
     p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension (32..hidden)")
     ModelSpec.add_arguments(p, default_model=DEFAULT_EMBEDDER)
+    add_engine_arguments(p, part_rows=True)
     add_progress_argument(p)
     p.set_defaults(func=_cmd_embed)
 

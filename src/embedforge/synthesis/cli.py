@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from dataclasses import asdict
 
+from embedforge.scaleout.cluster import EngineOptions, add_engine_arguments
 from embedforge.spec import ModelSpec, add_progress_argument, process_threads
 from embedforge.synthesis.llm import LLMFatalError
 
@@ -56,7 +58,8 @@ def _add_generation_options(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument(
         "--llm",
         required=True,
-        help="OpenAI-compatible base URL (e.g. http://host:8000/v1) or local:PATH (a directory or Hub id)",
+        help="OpenAI-compatible base URL (e.g. http://host:8000/v1) or local:PATH (a directory or Hub id); "
+        "with --engine ray a comma-separated list of base URLs, --concurrency requests in flight on each",
     )
     p.add_argument("--model", default=None, help="model name sent to the endpoint (required with a URL)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
@@ -138,6 +141,7 @@ def _add_generation_options(p: argparse.ArgumentParser, task: str) -> None:
     ModelSpec.add_arguments(p, model_flag=False)
     # --llm itself is above; its options apply to a local:PATH model only
     ModelSpec.add_arguments(p, "llm-", model_flag=False, inherit=ModelSpec.option_names())
+    add_engine_arguments(p)  # --engine ray: one Ray actor per endpoint of --llm
     add_progress_argument(p)
 
 
@@ -162,7 +166,7 @@ def run_generate(args: argparse.Namespace) -> int:
         SynthesisConfig,
         language_name,
     )
-    from embedforge.synthesis.llm import RetryPolicy, make_backend
+    from embedforge.synthesis.llm import LLMBackend, RetryPolicy, make_backend
     from embedforge.synthesis.pipeline import PersonaIndex, synthesize
     from embedforge.synthesis.sources import load_corpus, load_personas
 
@@ -198,27 +202,49 @@ def run_generate(args: argparse.Namespace) -> int:
         personas = PersonaIndex(
             embedder_spec.load_embedder(), library, cache=cache, show_progress=not args.no_progress
         )
-    backend = make_backend(
-        args.llm,
-        args.model,
-        api_key=os.environ.get(args.api_key_env),
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-        retry=RetryPolicy(args.max_retries, args.backoff, args.max_backoff),
-        seed=args.seed,
-        extra_body=_json_object(args.extra_body),
-        local=llm_spec,
-    )
-    report = synthesize(
-        task,
-        docs,
-        backend,
-        args.out,
-        cfg,
-        personas=personas,
-        show_progress=not args.no_progress,
-        fsync=args.fsync,
-    )
+    engine = EngineOptions.from_args(args)
+    with contextlib.ExitStack() as stack:
+        if engine.is_ray:  # requests fan out over the endpoints; the store stays here
+            from embedforge.scaleout import ray_cluster
+            from embedforge.scaleout.synth import RayFanoutBackend
+
+            if args.llm.startswith("local:") or not args.model:
+                raise ValueError("--engine ray needs --llm http(s) base URL(s) and the --model they serve")
+            stack.enter_context(ray_cluster(engine))
+            fanout = RayFanoutBackend(
+                args.llm.split(","),
+                args.model,
+                api_key=os.environ.get(args.api_key_env),
+                concurrency=args.concurrency,
+                timeout=args.timeout,
+                retry=RetryPolicy(args.max_retries, args.backoff, args.max_backoff),
+                seed=args.seed,
+                extra_body=_json_object(args.extra_body),
+            )
+            stack.callback(fanout.shutdown)
+            backend: LLMBackend = fanout
+        else:
+            backend = make_backend(
+                args.llm,
+                args.model,
+                api_key=os.environ.get(args.api_key_env),
+                concurrency=args.concurrency,
+                timeout=args.timeout,
+                retry=RetryPolicy(args.max_retries, args.backoff, args.max_backoff),
+                seed=args.seed,
+                extra_body=_json_object(args.extra_body),
+                local=llm_spec,
+            )
+        report = synthesize(
+            task,
+            docs,
+            backend,
+            args.out,
+            cfg,
+            personas=personas,
+            show_progress=not args.no_progress,
+            fsync=args.fsync,
+        )
     print(
         f"{report.task}: {report.done} done, {report.failed} failed, {report.skipped} skipped (of {report.total}); "
         f"{report.requests} requests, {report.retries} retries, {report.rate_limited} rate-limited -> {report.out}"

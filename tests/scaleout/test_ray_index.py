@@ -1,0 +1,53 @@
+"""``Index.build`` / ``index.add`` with the encoding spread over Ray actors: the vectors of a local build."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from embedforge.index import Index
+from embedforge.index.table import scan
+from embedforge.spec import ModelSpec
+
+pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
+
+
+def _vectors(index: Index) -> dict[str, np.ndarray]:
+    t = scan(index.table, ["id", "vector"])
+    return dict(
+        zip(
+            t.column("id").to_pylist(),
+            np.stack(t.column("vector").to_numpy(zero_copy_only=False)),
+            strict=True,
+        )
+    )
+
+
+def test_index_built_and_updated_on_ray_actors_equals_a_local_build(
+    ray_local, tiny_embedder_dir, scifact_200, tmp_path
+):
+    from embedforge.scaleout.encoder import RayEmbedder
+
+    spec = ModelSpec(str(tiny_embedder_dir))
+    lines = scifact_200.read_text(encoding="utf-8").splitlines(keepends=True)
+    first, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
+    first.write_text("".join(lines[:150]), encoding="utf-8")
+    changed = json.loads(lines[0]) | {"text": "a changed first document"}
+    rest.write_text("".join(lines[150:]) + json.dumps(changed) + "\n", encoding="utf-8")
+
+    local = Index.build(first, tmp_path / "local", spec, batch_size=64, show_progress=False)
+    local.add(rest, show_progress=False)
+    encoder = RayEmbedder(spec, actors=2, block_texts=16)
+    try:
+        dist = Index.build(first, tmp_path / "ray", encoder, batch_size=64, show_progress=False)
+        report = Index.open(tmp_path / "ray", embedder=encoder).add(rest, show_progress=False)
+        assert encoder.query_prompt("find it") == spec.load_embedder().query_prompt("find it")
+    finally:
+        encoder.shutdown()
+    assert report.embedded == 51 and report.replaced == 1
+    want, got = _vectors(Index.open(tmp_path / "local")), _vectors(Index.open(tmp_path / "ray"))
+    assert sorted(got) == sorted(want) and len(got) == 200
+    assert max(float(np.abs(got[k] - want[k]).max()) for k in want) <= 1e-5
+    assert dist.manifest.fingerprint == local.manifest.fingerprint
