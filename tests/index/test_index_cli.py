@@ -71,7 +71,7 @@ def test_search_with_rerank_from_the_command_line(cli_index, tiny_reranker_dir, 
 
 
 def test_queries_file_gives_a_trec_run_that_scores_like_eval_retrieval(
-    cli_index, beir_dir, tiny_embedder, tmp_path
+    cli_index, beir_dir, tiny_embedder, tmp_path, capsys
 ):
     run_path = tmp_path / "run.tsv"
     argv = ["search", str(cli_index), "--queries", str(beir_dir / "queries.jsonl"), "-k", "100"]
@@ -85,6 +85,11 @@ def test_queries_file_gives_a_trec_run_that_scores_like_eval_retrieval(
     reference = evaluate_retrieval(tiny_embedder, data, top_k=100, show_progress=False)
     from_run = retrieval_scores(data.qrels, read_trec_run(run_path), DEFAULT_METRICS).mean
     assert from_run == pytest.approx(reference.first_stage.metrics, abs=1e-12)
+    capsys.readouterr()
+    assert main([*argv, "--output", str(run_path), "--qrels", str(beir_dir / "qrels" / "test.tsv")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["ndcg@10"] == round(100 * reference.first_stage.metrics["ndcg@10"], 2)
+    assert printed["queries_judged"] == 12
     report = evaluate_index(cli_index, beir_dir, k_values=(1, 3, 5, 10, 100))
     for name, value in reference.first_stage.metrics.items():
         assert report["metrics"][name] == pytest.approx(value, abs=1e-12), name
@@ -120,6 +125,7 @@ def test_info_optimize_delete_add(tmp_path, cli_index, beir_dir, capsys):
         (["search", "{ix}"], "give either a query text or --queries"),
         (["index", "info", "{missing}"], "does not exist"),
         (["index", "delete", "{ix}", "--ids", "{missing}"], "ids file"),
+        (["search", "{ix}", "gene", "--qrels", "{missing}"], "use it with --queries"),
     ],
 )
 def test_errors_are_one_clear_line(cli_index, tmp_path, capsys, argv, message):

@@ -103,6 +103,22 @@ def _read_queries(path: Path) -> tuple[list[str], list[str]]:
     return [d.id for d in docs], [d.full_text for d in docs]
 
 
+def _print_metrics(qrels_path: Path, qids: list[str], found: list, to: Any) -> None:
+    """nDCG@10, Recall@100, MRR@10 (percent) of a run against a BEIR qrels file."""
+    from embedforge.evaluation.data import read_qrels
+    from embedforge.evaluation.metrics import retrieval_scores
+
+    from .evaluate import run_of
+
+    if not qrels_path.is_file():
+        raise FileNotFoundError(f"qrels file {str(qrels_path)!r} does not exist")
+    scores = retrieval_scores(
+        read_qrels(qrels_path), run_of(qids, found), ["ndcg@10", "recall@100", "mrr@10"]
+    )
+    out = {k: round(100 * v, 2) for k, v in scores.mean.items()}
+    print(json.dumps({"queries_judged": scores.n_queries, **out}), file=to)
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from .evaluate import write_trec_run
 
@@ -110,6 +126,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise ValueError("give either a query text or --queries FILE (not both)")
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
+    if args.qrels is not None and (args.queries is None or args.json):
+        raise ValueError("--qrels scores a TREC run: use it with --queries (and without --json)")
     index = _open(args)
     reranker = None
     spec = ModelSpec.from_args(args, "reranker-", inherit=("device", "threads"))
@@ -138,6 +156,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 out.close()
         if args.output:
             print(f"wrote {n} lines for {len(qids)} queries to {args.output}", file=sys.stderr)
+        if args.qrels is not None:
+            _print_metrics(args.qrels, qids, found, to=sys.stdout if args.output else sys.stderr)
         return 0
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -241,6 +261,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-o", "--output", default=None, help="write here instead of stdout (a TREC run with --queries)"
     )
     s.add_argument("--tag", default="embedforge", help="run tag of the TREC run (default embedforge)")
+    s.add_argument(
+        "--qrels",
+        type=Path,
+        default=None,
+        help="with --queries: BEIR qrels TSV; print nDCG@10, Recall@100, MRR@10",
+    )
     runtime_options(s)
     ModelSpec.add_arguments(s, "reranker-", model_help="reranker model scoring the top --rerank-top hits")
     s.add_argument("--rerank", dest="reranker", default=None, metavar="MODEL", help="same as --reranker")
