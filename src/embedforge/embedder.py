@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ._base import ModelWrapper, load_tokenizer
 from .batching import DEFAULT_CHUNK_SIZE, ProgressBar, chunks, pad_left, pad_right, run_batched
+from .export import apply_backend, check_export
 from .inputs import InputTooLongError, check_dim, check_positive, check_text, check_texts
 from .loading import (
     CheckpointError,
@@ -135,6 +136,7 @@ class Embedder(ModelWrapper):
 
         check_backend(backend)
         path = resolve_checkpoint(name_or_path, revision=revision)
+        manifest = check_export(path, backend, "embedder")  # an export loads only as its backend
         fmt = check_weights(path, allow_pickle=allow_pickle)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
@@ -161,7 +163,7 @@ class Embedder(ModelWrapper):
         )
         model.to(dev).eval()
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        return cls(
+        embedder = cls(
             model,
             tokenizer,
             pooling=mode,
@@ -174,6 +176,8 @@ class Embedder(ModelWrapper):
             name_or_path=str(name_or_path),
             fingerprint=fingerprint(path, mode, norm, length, sorted(prompt_table.items())),
         )
+        apply_backend(embedder, path, backend, manifest)  # int8: quantize (see embedforge.export)
+        return embedder
 
     # ------------------------------------------------------------------ formatting and tokens
     def side_prompt(self, side: str | None, instruction: str | None = None) -> str:

