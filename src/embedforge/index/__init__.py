@@ -7,8 +7,9 @@
 
 from .evaluate import evaluate_index, read_trec_run, write_trec_run
 from .hits import Hit
-from .index import DuplicateIdWarning, Index, WriteReport
+from .index import Index
 from .manifest import IndexStateError, Manifest
+from .writes import DuplicateIdWarning, WriteReport
 
 __all__ = [
     "DuplicateIdWarning",

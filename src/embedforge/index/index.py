@@ -24,9 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,59 +47,10 @@ from .manifest import (
     write_json_atomic,
 )
 from .quantize import CompactVectors, check_quantization, int8_ranges
+from .writes import WriteReport, corpus_name, dedupe
 
 DEFAULT_BATCH_SIZE = 4096
 SEARCH_MODES = ("auto", "exact", "ann", "int8", "binary")
-
-
-class DuplicateIdWarning(UserWarning):
-    """A corpus held the same id more than once; the last record was kept."""
-
-
-@dataclass
-class WriteReport:
-    """What a build or an add did."""
-
-    index: str
-    documents: int  # distinct documents in the corpus
-    embedded: int  # new or changed documents embedded now
-    unchanged: int  # already in the index with the same content (skipped)
-    replaced: int  # ids that were in the index with other content
-    removed: int  # build only: rows of an interrupted build whose id left the corpus
-    duplicates: int
-    rows: int  # rows in the index afterwards
-    seconds: float
-    docs_per_second: float
-    embed_seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _dedupe(docs: Iterable[Doc], where: str) -> tuple[list[Doc], int]:
-    """Keep the last record of each id, at its position; warn naming the duplicated ids."""
-    seen: dict[str, Doc] = {}
-    dups: dict[str, int] = {}
-    for d in docs:
-        if d.id in seen:
-            dups[d.id] = dups.get(d.id, 1) + 1
-            del seen[d.id]
-        seen[d.id] = d
-    if dups:
-        names = ", ".join(repr(i) for i in list(dups)[:10]) + (" ..." if len(dups) > 10 else "")
-        warnings.warn(
-            f"{where}: {len(dups)} ids occur more than once ({names}); the last record of each is kept",
-            DuplicateIdWarning,
-            stacklevel=3,
-        )
-    out = list(seen.values())
-    if not out:
-        raise ValueError(f"{where} holds no documents")
-    return out, sum(dups.values()) - len(dups)
-
-
-def _corpus_name(corpus: Any) -> str:
-    return str(corpus) if isinstance(corpus, str | Path) else "corpus"
 
 
 class Index:
@@ -196,7 +145,7 @@ class Index:
         hidden = int(emb.hidden_size)
         check_dim(dim, hidden)  # the Embedder's own Matryoshka rule, before anything is written
         width = dim or hidden
-        docs, n_dup = _dedupe(iter_docs(corpus, field=field, id_field=id_field), _corpus_name(corpus))
+        docs, n_dup = dedupe(iter_docs(corpus, field=field, id_field=id_field), corpus_name(corpus))
         meta = tbl.metadata_schema(docs)
         manifest = Manifest(
             model=str(spec_of(emb, spec).get("model", emb.name_or_path)),
@@ -258,7 +207,7 @@ class Index:
         """Upsert documents by id: new ids are added, changed ones replaced, unchanged ones skipped."""
         field = field if field is not None else self.manifest.text_field
         id_field = id_field if id_field is not None else self.manifest.id_field
-        docs, n_dup = _dedupe(iter_docs(corpus, field=field, id_field=id_field), _corpus_name(corpus))
+        docs, n_dup = dedupe(iter_docs(corpus, field=field, id_field=id_field), corpus_name(corpus))
         self.embedder  # noqa: B018 - load and check the model before writing anything
         report = self._write(docs, n_dup, show_progress, None, build=False)
         self.manifest.updated_at = time.time()
