@@ -46,7 +46,7 @@ def test_eval_retrieval_with_reranker_and_dims(
         "--rerank-top",
         "5",
         "--dims",
-        "16,64",
+        "32,64",
         "--max-length",
         "128",
         "--cache-dir",
@@ -58,7 +58,7 @@ def test_eval_retrieval_with_reranker_and_dims(
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["rerank"]["name"] == "rerank@5" and report["first_stage"]["name"] == "embedding"
-    assert [d["dim"] for d in report["dims"]] == [16, 64]
+    assert [d["dim"] for d in report["dims"]] == [32, 64]
     assert report["instructions"]["source"] == "official" and report["instructions"]["task"] == "SciFact"
     assert report["cache"]["corpus_hit"] is False
     assert (tmp_path / "report.dims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -50,8 +50,12 @@ def test_truncate_normalize_and_parse_dims():
     assert parse_dims(None) == []
     with pytest.raises(ValueError, match="bad dimension '0'"):
         parse_dims("0,32")
-    with pytest.raises(ValueError, match="exceeds the model's 64"):
+    with pytest.raises(
+        ValueError, match="dim=128 is out of range: Matryoshka dims must be between 32 and 64"
+    ):
         parse_dims("32,128", full=64)
+    with pytest.raises(ValueError, match="dim=16 is out of range"):  # the library's MIN_DIM holds here too
+        parse_dims("16,64")
 
 
 def test_plot_dims_writes_a_png(tmp_path):

@@ -86,8 +86,10 @@ def test_non_instruction_model_gets_no_prompt_and_matches_embedder(minilm):
 
 
 def test_bad_inputs(tiny_embedder):
-    with pytest.raises(ValueError, match="dim must be in"):
+    with pytest.raises(ValueError, match="dim=65 is out of range"):
         MtebEncoder(tiny_embedder, dim=65)
+    with pytest.raises(ValueError, match="between 32 and 64"):
+        MtebEncoder(tiny_embedder, dim=16)
     with pytest.raises(TypeError, match="cannot read texts"):
         MtebEncoder(tiny_embedder).encode([{"image": [1]}], task_metadata=meta("SciFact", "Retrieval"))
 

@@ -92,7 +92,7 @@ def test_tiny_qwen3_retrieve_then_rerank(tiny_embedder, tiny_reranker, scifact_d
         reranker=tiny_reranker,
         rerank_top=8,
         top_k=20,
-        dims=[16, 32, 64],
+        dims=[32, 48, 64],  # Matryoshka dims run from MIN_DIM (32) to the hidden size (64)
         cache_dir=tmp_path,
         show_progress=False,
     )
@@ -102,7 +102,7 @@ def test_tiny_qwen3_retrieve_then_rerank(tiny_embedder, tiny_reranker, scifact_d
     assert report.rerank_instruction == official
     assert report.first_stage.name == "embedding" and report.rerank is not None
     assert report.rerank.name == "rerank@8" and report.rerank.n_queries == 4
-    assert [s.dim for s in report.dims] == [16, 32, 64]
+    assert [s.dim for s in report.dims] == [32, 48, 64]
     # both stages are in the JSON report, with timings
     d = json.loads(json.dumps(report.to_dict()))
     assert set(d["rerank"]["metrics"]) == set(d["first_stage"]["metrics"]) == set(DEFAULT_METRICS)
@@ -129,8 +129,10 @@ def test_user_instruction_and_bad_arguments(tiny_embedder, scifact_dir):
     data = load_beir(scifact_dir, "test").subset(2, extra_docs=5)
     r = evaluate_retrieval(tiny_embedder, data, instruction="Find abstracts", top_k=5, show_progress=False)
     assert r.query_prompt == "Instruct: Find abstracts\nQuery:" and r.instructions.source.value == "user"
-    with pytest.raises(ValueError, match="dimension 65 is out of range"):
+    with pytest.raises(ValueError, match="dim=65 is out of range"):
         evaluate_retrieval(tiny_embedder, data, dims=[65], show_progress=False)
+    with pytest.raises(ValueError, match="dim=16 is out of range: Matryoshka dims must be between 32 and 64"):
+        evaluate_retrieval(tiny_embedder, data, dims=[16], show_progress=False)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         evaluate_retrieval(tiny_embedder, data, top_k=0, show_progress=False)
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from embedforge import prompts
+from embedforge.inputs import MIN_DIM, check_dim
 from embedforge.pooling import truncate_and_normalize
 from embedforge.store import EmbeddingStore, Encoded, Progress, cached_encode
 
@@ -99,7 +100,7 @@ def truncate_normalize(embeddings: np.ndarray, dim: int | None, *, normalized: b
 
 
 def parse_dims(text: str | None, full: int | None = None) -> list[int]:
-    """Parse ``"32,64,128"``; every value must be a positive integer (and <= ``full`` when given)."""
+    """Parse ``"32,64,128"``; every value must be an integer in ``MIN_DIM``..``full``."""
     if not text:
         return []
     dims = []
@@ -109,7 +110,10 @@ def parse_dims(text: str | None, full: int | None = None) -> list[int]:
             raise ValueError(
                 f"bad dimension {part!r} in {text!r}: give comma-separated positive integers, e.g. 32,64,128"
             )
-        if full is not None and int(part) > full:
-            raise ValueError(f"dimension {part} exceeds the model's {full} dimensions")
-        dims.append(int(part))
+        value = int(part)
+        if full is not None:
+            check_dim(value, full)  # the library's one Matryoshka rule
+        elif value < MIN_DIM:
+            raise ValueError(f"dim={value} is out of range: Matryoshka dims must be at least {MIN_DIM}")
+        dims.append(value)
     return sorted(set(dims))

@@ -31,6 +31,7 @@ import torch
 from embedforge import prompts
 from embedforge.evaluation.encoding import EncoderLike, side_prompt, truncate_normalize
 from embedforge.evaluation.instructions import canonical_task_name, is_instruction_aware
+from embedforge.inputs import MIN_DIM, check_dim
 
 _STS_TYPES = {"STS", "PairClassification"}
 _BITEXT_TYPES = {"BitextMining"}
@@ -103,8 +104,10 @@ class MtebEncoder:
         revision: str | None = None,
     ) -> None:
         hidden = int(getattr(embedder, "hidden_size", 0) or 0)
-        if dim is not None and (dim < 1 or (hidden and dim > hidden)):
-            raise ValueError(f"dim must be in [1, {hidden}] for this model, got {dim}")
+        if hidden:
+            check_dim(dim, hidden)  # the library's one Matryoshka rule
+        elif dim is not None and dim < MIN_DIM:
+            raise ValueError(f"dim={dim} is out of range: Matryoshka dims must be at least {MIN_DIM}")
         self.embedder = embedder
         self.dim = dim
         self.instructions = {canonical_task_name(k): v for k, v in (instructions or {}).items()}

@@ -25,6 +25,7 @@ from embedforge.evaluation.instructions import (
     is_instruction_aware,
 )
 from embedforge.evaluation.metrics import DEFAULT_METRICS, RetrievalScores, Run, retrieval_scores
+from embedforge.inputs import check_dim
 from embedforge.prompts import DEFAULT_RERANK_INSTRUCTION
 from embedforge.search import exact_search
 from embedforge.store import EmbeddingStore
@@ -183,10 +184,7 @@ def evaluate_retrieval(
     k = min(top_k + (1 if ignore_identical_ids else 0), len(data.corpus_ids))
     full_dim = int(corpus.embeddings.shape[1])
     for d in dims:
-        if not 1 <= d <= full_dim:
-            raise ValueError(
-                f"dimension {d} is out of range: the model's embeddings have {full_dim} dimensions"
-            )
+        check_dim(d, full_dim)  # the library's one Matryoshka rule
 
     normalized = bool(getattr(embedder, "normalize", False))  # the Embedder L2-normalises its output
 
