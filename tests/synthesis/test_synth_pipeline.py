@@ -387,9 +387,9 @@ def test_a_documents_own_language_goes_into_its_prompts(tmp_path, persona_index)
 
 
 def test_persona_embeddings_are_cached_by_model_and_texts(tmp_path, tiny_embedder):
-    from embedforge.evaluation.cache import EmbeddingCache
+    from embedforge.store import EmbeddingStore
 
-    cache = EmbeddingCache(tmp_path / "cache")
+    cache = EmbeddingStore(tmp_path / "cache")
     first = PersonaIndex(tiny_embedder, PERSONAS, cache=cache)
     assert len(list((tmp_path / "cache").rglob("embeddings.npy"))) == 1
     np.testing.assert_allclose(first.embeddings, tiny_embedder.encode_documents(PERSONAS), atol=1e-6)

@@ -5,7 +5,6 @@ adapter (:mod:`embedforge.evaluation.mteb_adapter`) lets ``mteb`` drive an embed
 """
 
 from embedforge.evaluation.bitext import BitextReport, evaluate_bitext
-from embedforge.evaluation.cache import CacheKey, EmbeddingCache
 from embedforge.evaluation.crosslingual import CrosslingualReport, evaluate_crosslingual
 from embedforge.evaluation.data import (
     BitextData,
@@ -25,9 +24,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "BitextData",
     "BitextReport",
-    "CacheKey",
     "CrosslingualReport",
-    "EmbeddingCache",
     "InstructionChoice",
     "MtebEncoder",
     "PairData",

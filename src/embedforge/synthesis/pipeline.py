@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from embedforge.evaluation.cache import EmbeddingCache, cached_encode
+from embedforge.store import EmbeddingStore, cached_encode
 from embedforge.search import exact_search
 from embedforge.synthesis.config import SynthesisConfig
 from embedforge.synthesis.llm import LLMBackend
@@ -35,7 +35,7 @@ class PersonaIndex:
     """The persona library embedded once as documents; a passage, embedded as a query with
     ``PERSONA_INSTRUCTION``, retrieves its closest personas by exact dot-product search.
 
-    With a ``cache`` (an evaluation :class:`EmbeddingCache`) the library's embeddings are kept on disk,
+    With a ``cache`` (an :class:`~embedforge.store.EmbeddingStore`) the library's embeddings are kept on disk,
     keyed by the model's fingerprint and the exact persona texts, so a large library (Persona Hub holds
     hundreds of thousands) is encoded once, resumably, across runs.
     """
@@ -45,7 +45,7 @@ class PersonaIndex:
         embedder: Embedder,
         personas: Sequence[str],
         *,
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingStore | None = None,
         show_progress: bool = False,
     ) -> None:
         if not personas:
