@@ -195,10 +195,10 @@ def run_generate(args: argparse.Namespace) -> int:
     process_threads(llm_spec, embedder_spec)
     personas = None
     if embedder_spec is not None:
-        from embedforge.evaluation.cache import EmbeddingCache
+        from embedforge.store import EmbeddingStore
 
         library = load_personas(args.personas)
-        cache = EmbeddingCache(args.cache_dir) if args.cache_dir else None
+        cache = EmbeddingStore(args.cache_dir) if args.cache_dir else None
         personas = PersonaIndex(
             embedder_spec.load_embedder(), library, cache=cache, show_progress=not args.no_progress
         )
