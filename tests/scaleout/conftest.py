@@ -11,9 +11,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "synthesis"))  # the fake LLM server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray of 2 CPUs (no dashboard), shut down after the session's scale-out tests."""
+    """A local Ray of 2 CPUs (no dashboard) for one test module, shut down after it."""
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'embedforge[ray]'")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
@@ -34,5 +34,11 @@ def scifact_slice(shared_data_dir: Path, out: Path, n: int) -> Path:
 
 
 @pytest.fixture()
-def scifact_200(shared_data_dir, tmp_path) -> Path:
-    return scifact_slice(shared_data_dir, tmp_path / "scifact200.jsonl", 200)
+def scifact_corpus(shared_data_dir, tmp_path):
+    """``scifact_corpus(n)``: a JSONL file of the first ``n`` SciFact documents."""
+    return lambda n: scifact_slice(shared_data_dir, tmp_path / f"scifact{n}.jsonl", n)
+
+
+@pytest.fixture()
+def scifact_200(scifact_corpus) -> Path:
+    return scifact_corpus(200)

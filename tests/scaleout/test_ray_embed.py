@@ -56,11 +56,9 @@ def _embed(corpus: Path, out: Path, model: Path, *extra: str) -> None:
     ids=["documents-parquet", "queries-dim32-npy"],
 )
 def test_ray_equals_single_process_on_the_tiny_checkpoint(
-    ray_local, tiny_embedder_dir, shared_data_dir, tmp_path, suffix, options
+    ray_local, tiny_embedder_dir, scifact_corpus, tmp_path, suffix, options
 ):
-    from conftest import scifact_slice
-
-    corpus = scifact_slice(shared_data_dir, tmp_path / "c.jsonl", 60)
+    corpus = scifact_corpus(60)
     local, dist = tmp_path / f"local{suffix}", tmp_path / f"ray{suffix}"
     _embed(corpus, local, tiny_embedder_dir, *options)
     _embed(corpus, dist, tiny_embedder_dir, *options, "--engine", "ray", "--actors", "2", "--part-rows", "16")
@@ -106,11 +104,9 @@ def test_an_actor_killed_with_sigkill_is_restarted_and_nothing_is_lost_or_double
 
 @pytest.mark.shared_data
 def test_a_killed_job_resumes_from_its_committed_parts(
-    ray_local, tiny_embedder_dir, shared_data_dir, tmp_path
+    ray_local, tiny_embedder_dir, scifact_corpus, tmp_path
 ):
-    from conftest import scifact_slice
-
-    corpus = scifact_slice(shared_data_dir, tmp_path / "c.jsonl", 600)
+    corpus = scifact_corpus(600)
     local, dist = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     _embed(corpus, local, tiny_embedder_dir)
     address = ray_local.get_runtime_context().gcs_address

@@ -64,7 +64,8 @@ def test_fanout_over_two_endpoints_matches_one_endpoint_and_a_rerun_skips_finish
         finally:
             fan.shutdown()
         assert first.failed == 2 and first.done == first.total - 2
-        assert a.calls > 2 and b.calls > 0  # both endpoints served
+        # both endpoints were asked: a's first two answers are the failures, the workers start at once
+        assert a.calls >= 2 and b.calls > 0
         assert a.peak_in_flight <= 2 and b.peak_in_flight <= 2  # bounded per endpoint
         assert first.requests == a.calls + b.calls  # the actors' counters reach the report
         assert set(fan.endpoint_stats) == {a.url, b.url}
