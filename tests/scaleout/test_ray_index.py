@@ -51,3 +51,30 @@ def test_index_built_and_updated_on_ray_actors_equals_a_local_build(
     assert sorted(got) == sorted(want) and len(got) == 200
     assert max(float(np.abs(got[k] - want[k]).max()) for k in want) <= 1e-5
     assert dist.manifest.fingerprint == local.manifest.fingerprint
+
+
+def test_index_commands_with_engine_ray_equal_the_local_commands(
+    ray_local, tiny_embedder_dir, scifact_200, tmp_path, capsys
+):
+    from embedforge.index.cli import main  # the index commands (registered in `embedforge` by the lead)
+
+    lines = scifact_200.read_text(encoding="utf-8").splitlines(keepends=True)
+    first, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
+    first.write_text("".join(lines[:120]), encoding="utf-8")
+    rest.write_text("".join(lines[120:]), encoding="utf-8")
+    for name, engine in (("local", []), ("ray", ["--engine", "ray", "--actors", "2"])):
+        build = [
+            "index",
+            "build",
+            str(first),
+            "--index",
+            str(tmp_path / name),
+            "--model",
+            str(tiny_embedder_dir),
+        ]
+        assert main([*build, "--batch-size", "50", "--no-progress", *engine]) == 0
+        assert main(["index", "add", str(tmp_path / name), str(rest), "--no-progress", *engine]) == 0
+    capsys.readouterr()
+    want, got = _vectors(Index.open(tmp_path / "local")), _vectors(Index.open(tmp_path / "ray"))
+    assert sorted(got) == sorted(want) and len(got) == 200
+    assert max(float(np.abs(got[k] - want[k]).max()) for k in want) <= 1e-5

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from embedforge.scaleout.cluster import EngineOptions, add_engine_arguments
 from embedforge.spec import ModelSpec, add_progress_argument
 
 from .maintenance import ANN_CHOICES
@@ -33,27 +36,61 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from .index import Index
 
     spec = ModelSpec.required_from_args(args)
-    index = Index.build(
-        args.corpus,
-        args.index,
-        spec,
-        dim=args.dim,
-        field=args.field,
-        id_field=args.id_field,
-        batch_size=args.batch_size,
-        show_progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
+    with _encoder(args, spec) as embedder:
+        index = Index.build(
+            args.corpus,
+            args.index,
+            embedder,
+            dim=args.dim,
+            field=args.field,
+            id_field=args.id_field,
+            batch_size=args.batch_size,
+            show_progress=not args.no_progress,
+            overwrite=args.overwrite,
+        )
     assert index.last_write is not None
     _print_json({"build": index.last_write.to_dict(), "info": index.info()})
     return 0
 
 
+@contextlib.contextmanager
+def _encoder(args: argparse.Namespace, spec: ModelSpec) -> Iterator[Any]:
+    """The spec itself (``--engine local``), or an encoder spread over Ray actors (``--engine ray``)."""
+    engine = EngineOptions.from_args(args)
+    if not engine.is_ray:
+        yield spec
+        return
+    from embedforge.scaleout import ray_cluster
+    from embedforge.scaleout.encoder import RayEmbedder
+
+    with ray_cluster(engine):
+        encoder = RayEmbedder(spec, actors=engine.actors, threads_per_actor=engine.threads_per_actor)
+        try:
+            yield encoder
+        finally:
+            encoder.shutdown()
+
+
 def _cmd_add(args: argparse.Namespace) -> int:
-    index = _open(args)
-    report = index.add(
-        args.corpus, field=args.field, id_field=args.id_field, show_progress=not args.no_progress
-    )
+    from .index import Index
+    from .manifest import read_manifest
+
+    engine = EngineOptions.from_args(args)
+    if not engine.is_ray:
+        index = _open(args)
+        report = index.add(
+            args.corpus, field=args.field, id_field=args.id_field, show_progress=not args.no_progress
+        )
+        _print_json(report.to_dict())
+        return 0
+    overrides = {
+        k: v for k, v in (("device", args.device), ("batch_tokens", args.batch_tokens)) if v is not None
+    }
+    spec = ModelSpec.from_dict(read_manifest(args.dir).spec).replace(**overrides)  # the model that built it
+    with _encoder(args, spec) as encoder:
+        report = Index.open(args.dir, embedder=encoder).add(
+            args.corpus, field=args.field, id_field=args.id_field, show_progress=not args.no_progress
+        )
     _print_json(report.to_dict())
     return 0
 
@@ -196,6 +233,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--overwrite", action="store_true", help="replace an existing index or unfinished build")
     ModelSpec.add_arguments(b)
+    add_engine_arguments(b)
     add_progress_argument(b)
     b.set_defaults(func=_cmd_build)
 
@@ -211,6 +249,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--field", default=None, help="text field (default: the one the index was built with)")
     a.add_argument("--id-field", default=None, help="id field (default: the one the index was built with)")
     runtime_options(a)
+    add_engine_arguments(a)
     add_progress_argument(a)
     a.set_defaults(func=_cmd_add)
 
