@@ -26,6 +26,7 @@ MODEL_COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("eval", "bitext"): ("",),
     ("eval", "crosslingual"): ("",),
     ("mine-negatives",): ("",),
+    ("index", "build"): ("",),
     ("synth", "retrieval"): ("embedder-", "llm-"),
     ("synth", "bitext"): ("llm-",),
     ("synth", "sts"): ("llm-",),
@@ -39,6 +40,11 @@ OTHER_COMMANDS = {
     ("train", "embedder"): "the model and its options come from the config file",
     ("train", "reranker"): "the model and its options come from the config file",
     ("merge",): "merges tensors of checkpoints without loading a model",
+    ("index", "add"): "the model comes from the index manifest (runtime overrides only)",
+    ("index", "delete"): "no model: removes rows by id",
+    ("index", "info"): "no model: reads the manifest and the table",
+    ("index", "optimize"): "no model: compacts, builds ANN indexes and quantised codes",
+    ("search",): "the embedder comes from the index manifest; --reranker* are the full ModelSpec options",
 }
 
 

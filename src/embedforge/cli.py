@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "embedforge.training.cli",
     "embedforge.synthesis.cli",
     "embedforge.server.cli",
+    "embedforge.index.cli",
 )
 
 

@@ -171,11 +171,13 @@ class ModelSpec:
         model_flag: bool = True,
         model_help: str | None = None,
         inherit: Collection[str] = (),
+        model_required: bool | None = None,
     ) -> None:
         """Add the spec's flags to ``parser`` (in their own help group).
 
         The model flag is required when unprefixed and without ``default_model``; a prefixed model
-        is optional. ``model_flag=False`` adds the options only: a command whose model comes from
+        is optional; ``model_required`` overrides that (a command that can take its model from
+        elsewhere checks it itself, with :meth:`required_from_args`). ``model_flag=False`` adds the options only: a command whose model comes from
         another flag, or a command of two prefixed models whose unprefixed options are the default
         of both. Every option defaults to ``None`` so that :meth:`from_args` sees what was given;
         ``inherit`` names the options whose help says they default to the unprefixed flag (pass
@@ -193,7 +195,7 @@ class ModelSpec:
                 cls.flag("model", prefix),
                 dest=cls.dest("model", prefix),
                 default=default_model,
-                required=not prefix and default_model is None,
+                required=(not prefix and default_model is None) if model_required is None else model_required,
                 metavar="MODEL",
                 help=what + (f" (default {default_model})" if default_model else ""),
             )

@@ -133,3 +133,39 @@ def test_errors_are_one_clear_line(cli_index, tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_eval_retrieval_with_index_reports_what_eval_retrieval_does(
+    cli_index, beir_dir, tiny_embedder, tmp_path
+):
+    from embedforge.cli import main as embedforge_main
+
+    out = tmp_path / "report.json"
+    argv = ["eval", "retrieval", "--index", str(cli_index), "--data", str(beir_dir), "--output", str(out)]
+    assert embedforge_main(argv) == 0
+    report = json.loads(out.read_text())
+    reference = evaluate_retrieval(tiny_embedder, load_beir(beir_dir), top_k=100, show_progress=False)
+    for name, value in reference.first_stage.metrics.items():
+        assert report["metrics"][name] == pytest.approx(value, abs=1e-12), name
+    assert report["n_index_rows"] == 150 and report["judged_documents_missing"] == 0
+
+
+def test_eval_retrieval_needs_a_model_or_an_index_and_not_both(
+    cli_index, beir_dir, tiny_embedder_dir, capsys
+):
+    from embedforge.cli import main as embedforge_main
+
+    assert embedforge_main(["eval", "retrieval", "--data", str(beir_dir)]) == 2
+    assert "give --model MODEL (or --index DIR" in capsys.readouterr().err
+    argv = [
+        "eval",
+        "retrieval",
+        "--index",
+        str(cli_index),
+        "--data",
+        str(beir_dir),
+        "--model",
+        str(tiny_embedder_dir),
+    ]
+    assert embedforge_main(argv) == 2
+    assert "--model cannot be combined with --index" in capsys.readouterr().err

@@ -18,8 +18,10 @@ def default_cache_dir() -> Path:
     return Path(root) / "embeddings" if root else Path.home() / ".cache" / "embedforge" / "embeddings"
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    ModelSpec.add_arguments(p, model_help="embedding model: local directory or Hub id")
+def _add_model_args(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+    ModelSpec.add_arguments(
+        p, model_help="embedding model: local directory or Hub id", model_required=model_required
+    )
     p.add_argument(
         "--task",
         default=None,
@@ -57,11 +59,56 @@ def _fmt(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={100 * v:.2f}" for k, v in metrics.items())
 
 
+def run_index_retrieval(args: argparse.Namespace) -> int:
+    """``eval retrieval --index DIR``: score an existing index's exact search on ``--data``."""
+    from embedforge.index.evaluate import evaluate_index
+
+    unsupported = [
+        flag
+        for flag, given in (
+            ("--model", args.model is not None),
+            ("--reranker", args.reranker is not None),
+            ("--dims", args.dims is not None),
+            ("--ignore-identical-ids", args.ignore_identical_ids),
+        )
+        if given
+    ]
+    if unsupported:
+        raise ValueError(
+            f"{', '.join(unsupported)} cannot be combined with --index: the index's manifest names its model "
+            "(use `embedforge search DIR --rerank R` to rerank an index's hits)"
+        )
+    report = evaluate_index(
+        args.index,
+        args.data,
+        args.split,
+        task=args.task,
+        instruction=args.instruction,
+        top_k=args.top_k,
+        device=args.device,
+        threads=args.threads,
+    )
+    out = {k: v for k, v in report.items() if k != "run"}
+    lines = [
+        f"index {report['index']} ({report['n_index_rows']} rows, model {report['model']}): "
+        + _fmt(
+            {k: report["metrics"][k] for k in ("ndcg@10", "recall@100", "mrr@10") if k in report["metrics"]}
+        )
+    ]
+    if report["judged_documents_missing"]:
+        lines.append(f"warning: {report['judged_documents_missing']} judged documents are not in the index")
+    return _finish(args, out, lines)
+
+
 def run_retrieval(args: argparse.Namespace) -> int:
+    if args.index is not None:
+        return run_index_retrieval(args)
     from embedforge.evaluation.data import load_beir
     from embedforge.evaluation.report import plot_dims
     from embedforge.evaluation.retrieval import evaluate_retrieval
 
+    if args.model is None:
+        raise ValueError("give --model MODEL (or --index DIR to evaluate an existing index)")
     dims = parse_dims(args.dims)
     data = load_beir(args.data, args.split)
     spec = ModelSpec.required_from_args(args)
@@ -171,11 +218,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
         "retrieval", help="BEIR-layout retrieval: nDCG, MAP, recall, MRR, P; reranking; dims sweep"
     )
-    _add_model_args(r)
+    _add_model_args(r, model_required=False)  # --model, or --index DIR whose manifest names it
     r.add_argument(
         "--data", type=Path, required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv"
     )
     r.add_argument("--split", default="test")
+    r.add_argument(
+        "--index",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="evaluate this existing index (embedforge index build) instead of encoding the corpus",
+    )
     r.add_argument("--top-k", type=int, default=100, help="documents retrieved per query")
     ModelSpec.add_arguments(
         r, "reranker-", model_help="reranker model to rescore the first stage", inherit=RUNTIME_OPTIONS
