@@ -74,6 +74,8 @@ def make_server(
     def make(*, index: Any = None, **overrides: Any) -> contextlib.AbstractContextManager[Live]:
         emb = overrides.pop("embedder", embedder)
         rr = overrides.pop("reranker", reranker)
+        if "index_dir" in overrides:  # what `serve --index DIR` sets: the app opens the index itself
+            overrides["index"] = str(overrides.pop("index_dir"))
         settings = ServerSettings(
             embedder=str(tiny_embedder_dir) if emb is not None else None,
             reranker=str(tiny_reranker_dir) if rr is not None else None,

@@ -109,3 +109,21 @@ def test_search_tab_shows_the_hits(search_server, index, open_page, artifacts, w
     page.get_by_test_id("search-run").click()
     page.get_by_test_id("error").wait_for()
     assert "(HTTP 400)" in page.get_by_test_id("error").inner_text()
+
+
+def test_the_index_setting_opens_the_index_and_shares_the_served_embedder(make_server, index, embedder):
+    # `embedforge serve --index DIR` sets this field: the app opens the index at start-up and, since the
+    # served embedder is the model that built it, searches with that one object (no second copy)
+    with make_server(index_dir=index.dir) as srv:
+        r = search(srv, {"query": QUERY, "k": 3})
+        assert r.status_code == 200, r.text
+        assert [h["id"] for h in r.json()["data"]] == [h.id for h in index.search(QUERY, 3)]
+        assert srv.app.state.server.index.embedder is embedder
+
+
+def test_a_bad_index_directory_is_a_start_up_error(tmp_path, tiny_embedder_dir):
+    from embedforge.server import create_app
+    from embedforge.server.settings import ServerSettings
+
+    with pytest.raises(Exception, match="manifest|index"):
+        create_app(ServerSettings(embedder=str(tiny_embedder_dir), index=str(tmp_path / "missing")))

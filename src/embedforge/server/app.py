@@ -104,9 +104,22 @@ def create_app(
             "the models handed to create_app must be the ones the settings name (embedder / reranker)"
         )
 
+    if settings.index is not None:  # opened now, so a bad directory is a start-up error
+        from embedforge.index import Index
+
+        state.index = Index.open(settings.index, device=settings.device, threads=settings.threads)
+
+    def share_index_model(served: Embedder | None) -> None:
+        """The index searches with the served embedder when it is the model that built it."""
+        if state.index is not None and served is not None:
+            if served.fingerprint == state.index.manifest.fingerprint:
+                state.index = type(state.index).open(settings.index, served)
+
     def load() -> None:
         try:
-            state.engine = build_engine(settings, metrics, *load_models(settings))
+            models = load_models(settings)
+            share_index_model(models[0])
+            state.engine = build_engine(settings, metrics, *models)
             logger.info("models loaded: %s", ", ".join(state.served))
         except BaseException as exc:  # noqa: BLE001 - reported through /health, the log and the callback
             logger.exception("loading the models failed")
@@ -117,6 +130,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if preloaded:
+            share_index_model(embedder)
             state.engine = build_engine(settings, metrics, embedder, reranker)
         else:
             threading.Thread(target=load, name="embedforge-load", daemon=True).start()

@@ -28,6 +28,7 @@ _FLAGS: list[tuple[str, str, dict]] = [
     ("--retry-after-s", "retry_after_s", {"type": int, "metavar": "S"}),
     ("--graceful-timeout-s", "graceful_timeout_s", {"type": int, "metavar": "S"}),
     ("--log-level", "log_level", {}),
+    ("--index", "index", {"metavar": "DIR"}),
 ]
 _SWITCHES: list[tuple[str, str, bool]] = [
     ("--no-dynamic-batching", "dynamic_batching", False),

@@ -62,6 +62,11 @@ class ServerSettings(BaseSettings):
     max_length: int | None = Field(
         None, gt=1, description="Token limit per input passed to the models (default: the model's own, 8192)."
     )
+    index: str | None = Field(
+        None,
+        description="Index directory (embedforge index build) searched by POST /v1/search and the "
+        "playground's Search tab; it encodes queries with the model that built it.",
+    )
     device: str | None = Field(None, description="torch device (default: cuda when available, else cpu).")
     dtype: str | None = Field(
         None, description="torch dtype name, e.g. bfloat16 (default: bf16 on GPU, fp32 on CPU)."

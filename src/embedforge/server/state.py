@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from fastapi import Request
 
@@ -26,6 +27,7 @@ class ServerState:
     engine: Engine | None = None
     load_error: BaseException | None = None
     created: int = 0
+    index: Any = None  # an embedforge.index.Index when the server was started with --index
 
     def ready_engine(self) -> Engine:
         """The engine, or 503 while the models load (or after loading failed)."""
