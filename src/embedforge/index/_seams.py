@@ -103,4 +103,6 @@ def as_embedder(embedder_or_spec: Any) -> tuple[EmbedderLike, Any]:
     """``(embedder, spec or None)`` from an Embedder or a ModelSpec."""
     if hasattr(embedder_or_spec, "load_embedder"):
         return embedder_or_spec.load_embedder(), embedder_or_spec
+    if hasattr(getattr(embedder_or_spec, "spec", None), "to_dict"):  # scaleout.RayEmbedder: its ModelSpec
+        return embedder_or_spec, embedder_or_spec.spec
     return embedder_or_spec, None
