@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -190,6 +191,14 @@ def quantize_int8(
         agreement, goal = min_cosine, EMBEDDER_TARGET
     kwargs: dict[str, Any] = {} if alphas is None else {"alphas": alphas}
     result = calibrate(module, run, agreement, target=goal if target is None else target, **kwargs)
+    goal = goal if target is None else target
+    if result.quality < goal:
+        warnings.warn(
+            f"int8 calibration reached {result.quality:.4f} against fp32 on the calibration texts, below the "
+            f"target {goal}; this model loses quality in int8 (decoders with massive activations need "
+            "per-token activation scales, which torch-int8 does not have yet): prefer backend='torch'",
+            stacklevel=2,
+        )
     apply_plan(module, result.plan)
     causal = getattr(model, "is_decoder", True)
     runtime = Int8Runtime(module, causal=causal)
@@ -210,7 +219,7 @@ def quantize_int8(
             "source": source,
             "sha256": _fingerprint(texts),
             "metric": "1 - max |score - fp32 score|" if _is_reranker(model) else "min cosine vs fp32",
-            "target": goal if target is None else target,
+            "target": goal,
             "reached": result.quality,
             "trials": result.trials,
         },
