@@ -45,6 +45,7 @@ OTHER_COMMANDS = {
     ("index", "info"): "no model: reads the manifest and the table",
     ("index", "optimize"): "no model: compacts, builds ANN indexes and quantised codes",
     ("search",): "the embedder comes from the index manifest; --reranker* are the full ModelSpec options",
+    ("export",): "MODEL is positional and --backend names the export's target (issue 14, unfinished)",
 }
 
 
@@ -132,7 +133,7 @@ def test_spec_is_picklable_and_round_trips_through_json():
     ("changes", "message"),
     [
         ({"model": ""}, "model must be a local directory or a Hub id, got ''"),
-        ({"backend": "onnx"}, r"backend 'onnx' is not supported; use one of \['torch'\]"),
+        ({"backend": "onnx"}, r"backend 'onnx' is not supported; use one of \['torch', 'torch-int8'\]"),
         ({"dtype": "int3"}, "dtype 'int3' is not supported; use one of"),
         ({"device": "gpu0"}, "device 'gpu0' is not a torch device"),
         ({"threads": 0}, "threads must be a positive integer or None, got 0"),
@@ -158,7 +159,7 @@ def test_every_dtype_and_backend_the_spec_accepts_is_one_the_loader_accepts():
     cpu = resolve_device("cpu")
     for name in DTYPES:
         resolve_dtype(name, cpu)  # raises for a name the loader does not know
-    assert BACKENDS == ("torch",)
+    assert BACKENDS == ("torch", "torch-int8")
 
 
 def test_from_args_reads_every_flag_back():

@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = (
     "embedforge.synthesis.cli",
     "embedforge.server.cli",
     "embedforge.index.cli",
+    "embedforge.export_cli",
 )
 
 

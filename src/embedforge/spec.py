@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from .embedder import Embedder
     from .reranker import Reranker
 
-BACKENDS: tuple[str, ...] = ("torch",)  # runtimes a model can run on; ONNX / int8 join here
+from .runtime import BACKENDS  # the one list of runtimes a model can run on
+
 DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")
 # the options that say how a model runs rather than which model it is; a prefixed model inherits
 # these from the unprefixed ones when it does not set them (``from_args(..., inherit=...)``)

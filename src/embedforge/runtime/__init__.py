@@ -9,7 +9,7 @@ from __future__ import annotations
 from .base import PrefixCache, Runtime, torch_module
 from .torch import TorchPrefixCache, TorchRuntime
 
-BACKENDS: tuple[str, ...] = ("torch",)  # names accepted by ``from_pretrained(backend=...)``
+BACKENDS: tuple[str, ...] = ("torch", "torch-int8")  # names accepted by ``from_pretrained(backend=...)``
 
 
 def check_backend(backend: str) -> str:
