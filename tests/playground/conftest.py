@@ -97,9 +97,11 @@ def server(make_server) -> Iterator[Live]:
         yield srv
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's chromium (never a browser download), headless."""
+    """Debian's chromium (never a browser download), headless. Module-scoped: Playwright's sync API
+    keeps an asyncio loop running in the main thread while it is open, which would break every later
+    test module that calls ``asyncio.run``."""
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         pytest.skip(f"chromium not found at {CHROMIUM} (CI installs it: apt-get install -y chromium)")
     try:

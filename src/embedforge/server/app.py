@@ -113,7 +113,7 @@ def create_app(
         """The index searches with the served embedder when it is the model that built it."""
         if state.index is not None and served is not None:
             if served.fingerprint == state.index.manifest.fingerprint:
-                state.index = type(state.index).open(settings.index, served)
+                state.index = type(state.index).open(state.index.dir, served)
 
     def load() -> None:
         try:
