@@ -210,3 +210,26 @@ def test_quantised_codes_follow_writes(index):
     index.delete(["d3"])
     ids = {h.id for h in index.search("zebra", k=len(index), mode="binary", rescore_multiplier=1)}
     assert "zz" in ids and "d3" not in ids and len(ids) == len(index)
+
+
+def test_build_progress_advances_per_model_batch_not_per_commit(tmp_path, tiny_embedder_dir, monkeypatch):
+    import embedforge.index.index as index_module
+    from embedforge import Embedder
+
+    updates: list[int] = []
+
+    class RecordingBar:
+        def __init__(self, *args, total=None, **kwargs):
+            self.total = total
+
+        def update(self, n=1):
+            updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(index_module, "tqdm", RecordingBar)
+    small_batches = Embedder.from_pretrained(tiny_embedder_dir, batch_tokens=64)  # several per commit
+    Index.build(make_docs(40, seed=3), tmp_path / "ix", small_batches, show_progress=True)
+    assert sum(updates) == 40  # every document counted once
+    assert len([n for n in updates if n > 0]) > 1 and max(updates) < 40  # moved per model batch

@@ -6,52 +6,21 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from embedforge import Embedder, Reranker
 from embedforge.server import ServerSettings, create_app
+from server.conftest import LiveServer as Live  # tests/ is on the path (pyproject)
+from server.conftest import live_server
 
 EMBEDDER_ID = "tiny-embedder"
 RERANKER_ID = "tiny-reranker"
 CHROMIUM = os.environ.get("EMBEDFORGE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots (gitignored)
-
-
-@dataclass
-class Live:
-    app: FastAPI
-    url: str
-
-
-@contextlib.contextmanager
-def live_server(app: FastAPI) -> Iterator[Live]:
-    """``app`` served by uvicorn in a thread on a free loopback port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the test server failed to start")
-        thread.join(0.01)
-    try:
-        yield Live(app, f"http://127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        sock.close()
 
 
 @pytest.fixture(scope="session")

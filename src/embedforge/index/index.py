@@ -21,6 +21,7 @@ Duplicate ids in a corpus: the last record wins (at its position), with a warnin
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import time
@@ -235,6 +236,9 @@ class Index:
         embed_s = 0.0
         dim_arg = None if m.dim == m.hidden_size else m.dim
         bar = tqdm(total=len(docs), desc="index", unit="doc", disable=not show_progress)
+        # the bar moves per model batch where the encoder can advance it (Embedder.encode), else per commit
+        per_batch = "progress" in inspect.signature(emb.encode).parameters
+        progress_kw: dict[str, Any] = {"progress": bar} if per_batch else {}
         try:
             for s in range(0, len(docs), m.batch_size):
                 batch, bh = docs[s : s + m.batch_size], hashes[s : s + m.batch_size]
@@ -243,7 +247,7 @@ class Index:
                 if todo:
                     part = [batch[i] for i in todo]
                     t1 = time.perf_counter()
-                    vecs = emb.encode([d.full_text for d in part], prompt=prompt, dim=dim_arg)
+                    vecs = emb.encode([d.full_text for d in part], prompt=prompt, dim=dim_arg, **progress_kw)
                     embed_s += time.perf_counter() - t1
                     data = tbl.rows(part, [bh[i] for i in todo], np.asarray(vecs), schema)
                     upsert = [d.id for d in part if d.id in existing]
@@ -258,7 +262,7 @@ class Index:
                     existing.update({d.id: bh[i] for i, d in zip(todo, part, strict=True)})
                     if on_commit is not None:
                         on_commit(s + len(batch))
-                bar.update(len(batch))
+                bar.update(len(batch) - (len(todo) if per_batch else 0))
         finally:
             bar.close()
         removed = 0
