@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,9 @@ def rows(docs: Sequence[Doc], hashes: Sequence[str], vectors: np.ndarray, schema
 
 
 def connect(index_dir: Path):
+    # Lance's Rust log prints a deprecation line per search to stderr; keep errors only unless the user
+    # set LANCE_LOG (read once, when lancedb is first imported)
+    os.environ.setdefault("LANCE_LOG", "error")
     import lancedb
 
     return lancedb.connect(str(index_dir / TABLE_DIR))

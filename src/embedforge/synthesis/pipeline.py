@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from embedforge.store import EmbeddingStore, cached_encode
 from embedforge.search import exact_search
+from embedforge.store import EmbeddingStore, cached_encode
 from embedforge.synthesis.config import SynthesisConfig
 from embedforge.synthesis.llm import LLMBackend
 from embedforge.synthesis.prompts import PERSONA_INSTRUCTION, PROMPT_VERSION
