@@ -120,3 +120,86 @@ def test_two_processes_equal_one_process_with_the_combined_batch(train_embedder_
     assert one.losses[0] != one.losses[2]  # the weights did move
     reloaded = Embedder.from_pretrained(tmp_path / "two").encode(["a check"])
     assert reloaded.shape == (1, 64)
+
+
+def _launch(nodes: int, node_rank: int, nproc: int, port: int, cfg: Path, env: dict) -> subprocess.Popen:
+    """The README's multi-node command (``torchrun`` is ``python -m torch.distributed.run``)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(nodes),
+        "--node-rank",
+        str(node_rank),
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "embedforge.cli",
+        "train",
+        "embedder",
+        str(cfg),
+    ]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _losses(out: Path) -> list[float]:
+    return [
+        json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_the_documented_two_node_command_equals_one_node_with_two_processes(
+    train_embedder_dir, make_records, tmp_path
+):
+    """Two "nodes" on loopback (``--nnodes 2 --node-rank 0|1``, one process each) running the README's
+    command train exactly as one node with ``--nproc-per-node 2``: same losses, same weights."""
+    from safetensors.torch import load_file
+
+    rows = make_records(k=2)[:8]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    outs = {}
+    for name in ("one-node", "two-nodes"):
+        cfg = EmbedderTrainingConfig(
+            model=str(train_embedder_dir),
+            data=str(data),
+            output_dir=str(tmp_path / name),
+            max_steps=3,
+            batch_size=4,
+            learning_rate=1e-4,
+            num_negatives=2,
+            temperature=0.05,
+            show_progress=False,
+            device="cpu",
+            threads=1,
+        )
+        path = tmp_path / f"{name}.json"
+        path.write_text(cfg.model_dump_json())
+        port = _free_port()
+        if name == "one-node":
+            procs = [_launch(1, 0, 2, port, path, env)]
+        else:
+            procs = [_launch(2, rank, 1, port, path, env) for rank in (0, 1)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-4000:]
+        outs[name] = tmp_path / name
+    assert _losses(outs["two-nodes"]) == _losses(outs["one-node"])
+    assert len(_losses(outs["one-node"])) == 3
+    a = load_file(outs["one-node"] / "model.safetensors")
+    b = load_file(outs["two-nodes"] / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    base = {
+        k.removeprefix("model."): v for k, v in load_file(train_embedder_dir / "model.safetensors").items()
+    }
+    assert set(a) <= set(base)
+    assert any(not torch.equal(a[k], base[k]) for k in a)  # it trained
