@@ -199,30 +199,65 @@ def _embedforge_methods(path: Path, calib: list[str]) -> dict[str, Any]:
     return methods
 
 
-def _sentence_transformers_methods(path: Path, tmp: Path) -> dict[str, Any]:
-    """sentence-transformers' torch, ONNX and ONNX-int8 backends, where they run offline."""
-    methods: dict[str, Any] = {}
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        return methods
-    st = SentenceTransformer(str(path), device="cpu")
-    methods["sentence-transformers torch"] = lambda t: st.encode(t, batch_size=32)
-    try:
-        onnx = SentenceTransformer(str(path), device="cpu", backend="onnx")
-        methods["sentence-transformers onnx"] = lambda t: onnx.encode(t, batch_size=32)
-        from sentence_transformers import export_dynamic_quantized_onnx_model
+def _sentence_transformers_methods(path: Path) -> dict[str, Any]:
+    """sentence-transformers' torch backend (its ONNX ones: :func:`_st_onnx_methods`)."""
+    from sentence_transformers import SentenceTransformer
 
-        local = tmp / "st-onnx"
-        onnx.save_pretrained(str(local))
-        export_dynamic_quantized_onnx_model(onnx, "avx2", str(local))
-        q = SentenceTransformer(
-            str(local), device="cpu", backend="onnx", model_kwargs={"file_name": "onnx/model_qint8_avx2.onnx"}
-        )
-        methods["sentence-transformers onnx-int8 (avx2)"] = lambda t: q.encode(t, batch_size=32)
-    except Exception as exc:  # optional dependencies (optimum, onnxruntime) may be missing
-        methods["sentence-transformers onnx: not run"] = repr(exc)[:200]
-    return methods
+    st = SentenceTransformer(str(path), device="cpu")
+    return {"sentence-transformers torch": lambda t: st.encode(t, batch_size=32)}
+
+
+def _st_onnx_methods(st_dir: Path | None, threads: int) -> dict[str, Any]:
+    """sentence-transformers' own ONNX graphs (``benchmarks/st_onnx_export.py`` wrote them in an
+    environment with optimum-onnx), run the way its ONNX backend runs them: texts sorted by length,
+    batches of 32, the model's tokenizer and max length, ONNX Runtime on the graph, then mean pooling
+    and normalisation as the model's modules say."""
+    if st_dir is None:
+        return {"sentence-transformers onnx: not run": "no --st-onnx directory (see st_onnx_export.py)"}
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    cfg = json.loads((st_dir / "sentence_bert_config.json").read_text())
+    pooling = json.loads((st_dir / "1_Pooling" / "config.json").read_text())
+    if not (pooling.get("pooling_mode_mean_tokens") or pooling.get("pooling_mode") == "mean"):
+        raise SystemExit(f"{st_dir}: only mean-pooled models are wired here")
+    tok = AutoTokenizer.from_pretrained(str(st_dir))
+    max_len = int(cfg.get("max_seq_length") or tok.model_max_length)  # ST >= 6 keeps it in the tokenizer
+
+    def runner(graph: Path) -> Any:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        names = {i.name for i in sess.get_inputs()}
+
+        def encode(texts: list[str]) -> np.ndarray:
+            order = np.argsort([-len(t) for t in texts], kind="stable")
+            out = np.empty((len(texts), 0), dtype=np.float32)
+            chunks = []
+            for s in range(0, len(texts), 32):
+                enc = tok(
+                    [texts[i] for i in order[s : s + 32]],
+                    padding=True,
+                    truncation="longest_first",
+                    max_length=max_len,
+                    return_tensors="np",
+                )
+                feed = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
+                hidden = sess.run(None, feed)[0]
+                mask = enc["attention_mask"][..., None].astype(np.float32)
+                pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
+                chunks.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True).clip(1e-12))
+            out = np.concatenate(chunks)
+            result = np.empty_like(out)
+            result[order] = out
+            return result
+
+        return encode
+
+    return {
+        "sentence-transformers onnx": runner(st_dir / "onnx" / "model.onnx"),
+        "sentence-transformers onnx-int8 (avx2)": runner(st_dir / "onnx" / "model_quint8_avx2.onnx"),
+    }
 
 
 def _speed_table(methods: dict[str, Any], texts: list[str], repeats: int) -> dict[str, Any]:
@@ -262,7 +297,7 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
         )
         tok = AutoTokenizer.from_pretrained(str(qwen))
         texts = make_workload(tok, args.texts, 16, 512, 0)
-        methods = {**_embedforge_methods(qwen, calib), **_sentence_transformers_methods(qwen, tmp / "q")}
+        methods = {**_embedforge_methods(qwen, calib), **_sentence_transformers_methods(qwen)}
         out["qwen3_0.6b_shape"] = {
             "shape": shape.describe(),
             "texts": len(texts),
@@ -273,7 +308,11 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
         gc.collect()
         docs = scifact_texts(0, args.docs)
         mini = minilm_dir()
-        methods = {**_embedforge_methods(mini, calib), **_sentence_transformers_methods(mini, tmp / "m")}
+        methods = {
+            **_embedforge_methods(mini, calib),
+            **_sentence_transformers_methods(mini),
+            **_st_onnx_methods(args.st_onnx, torch.get_num_threads()),
+        }
         out["minilm"] = {"texts": len(docs), "table": _speed_table(methods, docs, args.repeats)}
         print(json.dumps(out["minilm"], indent=1), flush=True)
     return out
@@ -320,6 +359,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=4, help="layers of the 0.6B shape for speed")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--st-onnx",
+        type=Path,
+        default=None,
+        help="sentence-transformers' ONNX exports of MiniLM (written by benchmarks/st_onnx_export.py)",
+    )
     p.add_argument("--out", default=None, help="write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
