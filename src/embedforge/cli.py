@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "embedforge.server.cli",
     "embedforge.index.cli",
     "embedforge.export_cli",
+    "embedforge.recipe.cli",
 )
 
 
