@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from embedforge.losses import Qwen3InfoNCELoss
-from embedforge.recipe.config import MNRL_TERMS, SupervisedStage
+from embedforge.recipe.stage_settings import MNRL_TERMS, SupervisedStage
 
 
 def test_mnrl_preset_sets_the_terms_and_matches_sentence_transformers():

@@ -12,7 +12,7 @@ import os
 from dataclasses import fields
 from typing import Any
 
-from embedforge.recipe.config import LLMSettings
+from embedforge.recipe.stage_settings import LLMSettings
 from embedforge.spec import ModelSpec
 from embedforge.synthesis.llm import (
     BackendStats,

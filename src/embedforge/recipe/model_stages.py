@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from embedforge.fileio import write_json_atomic, write_jsonl
-from embedforge.recipe.config import TrainStage
 from embedforge.recipe.context import MODEL_DIR, Context, StageOutput, model_files, seeded_subset, versions
 from embedforge.recipe.data_stages import LABELED, SYNTHETIC, labeled_records, training_pairs
+from embedforge.recipe.stage_settings import TrainStage
 
 TRAIN_DATA = "train.jsonl"
 RESULTS = "results.json"

@@ -49,6 +49,7 @@ def report_dict(ctx: Context, result: RunResult) -> dict[str, Any]:
                 "why": s.why,
                 "state": rec.state if rec else None,
                 "seconds": rec.seconds if rec else None,
+                "cpu_seconds": rec.cpu_seconds if rec else None,
                 "inputs_hash": rec.inputs_hash if rec else None,
                 "outputs_hash": rec.outputs_hash if rec else None,
                 "summary": rec.summary if rec else {},
@@ -98,6 +99,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
             lines.append(f"| {s['stage']} | — | — | — | — | off |")
             continue
         secs = f"{s['seconds']:.1f}s" if s["seconds"] is not None else "—"
+        if s.get("cpu_seconds") is not None:
+            secs += f" ({s['cpu_seconds']:.0f}s CPU)"
         model = f"`{s['model']}`" if s["model"] else "—"
         state = s["action"] if s["state"] == "complete" else (s["state"] or "not reached")
         lines.append(
@@ -107,7 +110,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
         lines += ["", f"**Failed:** {rep['error']}"]
     lines += [
         "",
-        f"Metrics x100 on the evaluation split; time: the stage's compute time when it ran. Written {rep['written_at']}.",
+        f"Metrics x100 on the evaluation split; time: the stage's wall time when it ran (CPU time of all threads in brackets). Written {rep['written_at']}.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -187,6 +187,7 @@ def _run_stage(ctx: Context, name: str, step: str, *, resume: bool, restart: boo
         runs=(prev.runs + 1) if (what == "resume" and prev is not None) else 1,
     )
     record.write(stage_dir)
+    cpu0 = time.process_time()
     try:
         out = IMPLS[name].run(ctx, stage_dir, what == "resume")
     except Exception as e:  # recorded and re-raised with the stage's name; nothing is swallowed
@@ -194,9 +195,9 @@ def _run_stage(ctx: Context, name: str, step: str, *, resume: bool, restart: boo
         record.finished_at = time.time()
         record.write(stage_dir)
         raise RecipeError(f"stage {name!r} failed: {e} (state in {stage_dir / STATE_FILE})") from e
-    record.finish(stage_dir, out.files, out.summary)
+    record.finish(stage_dir, out.files, out.summary, time.process_time() - cpu0)
     ctx.records[name] = record
-    ctx.log(f"{step}: done in {record.seconds:.1f}s")
+    ctx.log(f"{step}: done in {record.seconds:.1f}s ({record.cpu_seconds:.1f}s CPU)")
     return StageResult(name, "resumed" if what == "resume" else "ran", record, why)
 
 

@@ -71,7 +71,8 @@ class StageRecord:
     error: str | None = None
     started_at: float = 0.0
     finished_at: float | None = None
-    seconds: float | None = None
+    seconds: float | None = None  # wall time of the run that completed it (a resumed run: its last part)
+    cpu_seconds: float | None = None  # CPU time of this process meanwhile (all threads)
     runs: int = 1  # how many times the stage was started on these inputs (resumes count)
 
     @property
@@ -98,7 +99,9 @@ class StageRecord:
                 return False
         return True
 
-    def finish(self, stage_dir: Path, files: Iterable[Path], summary: dict[str, Any]) -> None:
+    def finish(
+        self, stage_dir: Path, files: Iterable[Path], summary: dict[str, Any], cpu_seconds: float
+    ) -> None:
         self.outputs = output_records(stage_dir, files)
         self.outputs_hash = digest(self.outputs)
         self.summary = summary
@@ -106,6 +109,7 @@ class StageRecord:
         self.error = None
         self.finished_at = time.time()
         self.seconds = round(self.finished_at - self.started_at, 3)
+        self.cpu_seconds = round(cpu_seconds, 3)
         self.write(stage_dir)
 
 
