@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ._base import ModelWrapper, load_tokenizer
 from .batching import DEFAULT_CHUNK_SIZE, ProgressBar, chunks, pad_left, pad_right, run_batched
-from .export import apply_backend, check_export
+from .export import apply_backend, check_export, export_runtime
 from .inputs import InputTooLongError, check_dim, check_positive, check_text, check_texts
 from .loading import (
     CheckpointError,
@@ -137,7 +137,8 @@ class Embedder(ModelWrapper):
         check_backend(backend)
         path = resolve_checkpoint(name_or_path, revision=revision)
         manifest = check_export(path, backend, "embedder")  # an export loads only as its backend
-        fmt = check_weights(path, allow_pickle=allow_pickle)
+        graph = export_runtime(path, manifest, backend, device=device, dtype=dtype)  # ONNX: no torch weights
+        fmt = check_weights(path, allow_pickle=allow_pickle) if graph is None else ""
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
@@ -155,13 +156,15 @@ class Embedder(ModelWrapper):
         length = max_length or layout.max_seq_length or DEFAULT_MAX_LENGTH
         if not decoder and getattr(config, "max_position_embeddings", None):
             length = min(length, config.max_position_embeddings)
-        model = AutoModel.from_pretrained(
-            str(path),
-            dtype=torch_dtype,
-            use_safetensors=fmt == "safetensors",
-            trust_remote_code=trust_remote_code,
-        )
-        model.to(dev).eval()
+        model: Any = graph
+        if model is None:
+            model = AutoModel.from_pretrained(
+                str(path),
+                dtype=torch_dtype,
+                use_safetensors=fmt == "safetensors",
+                trust_remote_code=trust_remote_code,
+            )
+            model.to(dev).eval()
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         embedder = cls(
             model,
@@ -176,7 +179,7 @@ class Embedder(ModelWrapper):
             name_or_path=str(name_or_path),
             fingerprint=fingerprint(path, mode, norm, length, sorted(prompt_table.items())),
         )
-        apply_backend(embedder, path, backend, manifest)  # int8: quantize (see embedforge.export)
+        apply_backend(embedder, path, backend, manifest)  # int8: quantize; onnx (see embedforge.export)
         return embedder
 
     # ------------------------------------------------------------------ formatting and tokens

@@ -1,7 +1,7 @@
-"""``embedforge export MODEL --backend torch-int8 --out DIR``: write a directory for a backend.
+"""``embedforge export MODEL --backend torch-int8|onnx|onnx-int8 --out DIR``: write a directory for a backend.
 
-The directory loads directly: ``Embedder.from_pretrained(DIR, backend="torch-int8")``, or
-``--model DIR --backend torch-int8`` in every command and the server.
+The directory loads directly: ``Embedder.from_pretrained(DIR, backend="onnx")``, or
+``--model DIR --backend onnx`` in every command and the server.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.calibration_size < 1:
         raise ValueError(f"--calibration-size must be a positive integer, got {args.calibration_size}")
+    if args.calibration and not args.backend.endswith("int8"):
+        raise ValueError(f"--calibration applies to the int8 backends, not --backend {args.backend}")
     texts = None
     source = ""
     if args.calibration:
@@ -39,16 +41,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         calibration_source=source,
         **load,
     )
-    summary = {
-        "out": args.out,
-        "backend": manifest.backend,
-        "kind": manifest.kind,
-        "quantized_linears": manifest.int8.get("quantized_linears"),
-        "keep_fp32": manifest.int8.get("keep_fp32"),
-        "calibration": {
-            k: manifest.calibration.get(k) for k in ("texts", "source", "metric", "target", "reached")
-        },
-    }
+    summary: dict[str, Any] = {"out": args.out, "backend": manifest.backend, "kind": manifest.kind}
+    if manifest.onnx:
+        graph = manifest.onnx["graph"]
+        summary["onnx"] = {k: graph.get(k) for k in ("output", "pooling", "opset", "files", "last_position")}
+    if manifest.backend == "torch-int8":
+        summary["quantized_linears"] = manifest.int8.get("quantized_linears")
+        summary["keep_fp32"] = manifest.int8.get("keep_fp32")
+    if manifest.calibration:
+        keys = ("texts", "source", "metric", "target", "reached")
+        summary["calibration"] = {k: manifest.calibration.get(k) for k in keys if k in manifest.calibration}
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -57,7 +59,7 @@ def register(subparsers: Any) -> None:
     """Add ``export`` to the ``embedforge`` command."""
     p = subparsers.add_parser(
         "export",
-        help="write a model directory for a faster backend (int8)",
+        help="write a model directory for a faster backend (int8, ONNX)",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     p.add_argument("model", help="local directory or Hub id of the fp32 model")
@@ -69,8 +71,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--calibration",
         default=None,
-        help="corpus file of real texts to calibrate on (JSONL, BEIR, TXT, Parquet, CSV); "
-        "default: embedforge's built-in texts",
+        help="corpus file of real texts to calibrate the int8 backends on (JSONL, BEIR, TXT, Parquet, "
+        "CSV); default: embedforge's built-in texts",
     )
     p.add_argument(
         "--calibration-size",

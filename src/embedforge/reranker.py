@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ._base import ModelWrapper, load_tokenizer
 from .batching import pad_left, pad_right, run_batched
-from .export import apply_backend, check_export
+from .export import apply_backend, check_export, export_runtime
 from .inputs import InputTooLongError, check_pairs, check_positive, check_text, check_texts
 from .loading import (
     check_weights,
@@ -170,15 +170,17 @@ class Reranker(ModelWrapper):
         check_backend(backend)
         path = resolve_checkpoint(name_or_path, revision=revision)
         manifest = check_export(path, backend, "reranker")  # an export loads only as its backend
-        fmt = check_weights(path, allow_pickle=allow_pickle)
-        dev = resolve_device(device)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            str(path),
-            dtype=resolve_dtype(dtype, dev),
-            use_safetensors=fmt == "safetensors",
-            trust_remote_code=trust_remote_code,
-        )
-        model.to(dev).eval()
+        model: Any = export_runtime(path, manifest, backend, device=device, dtype=dtype)  # ONNX: no weights
+        if model is None:
+            fmt = check_weights(path, allow_pickle=allow_pickle)
+            dev = resolve_device(device)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                dtype=resolve_dtype(dtype, dev),
+                use_safetensors=fmt == "safetensors",
+                trust_remote_code=trust_remote_code,
+            )
+            model.to(dev).eval()
         reranker = cls(
             model,
             load_tokenizer(path, trust_remote_code=trust_remote_code),
@@ -188,7 +190,7 @@ class Reranker(ModelWrapper):
             name_or_path=str(name_or_path),
             fingerprint=fingerprint(path, "reranker", max_length),
         )
-        apply_backend(reranker, path, backend, manifest)  # int8: quantize (see embedforge.export)
+        apply_backend(reranker, path, backend, manifest)  # int8: quantize; onnx (see embedforge.export)
         return reranker
 
     # ------------------------------------------------------------------ tokens

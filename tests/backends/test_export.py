@@ -91,8 +91,13 @@ def test_export_refuses_a_non_empty_directory(tiny_embedder_dir, tmp_path):
 
 
 def test_export_refuses_an_unknown_backend(tiny_embedder_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"cannot export for backend 'onnx'; choose one of \['torch-int8'\]"):
-        export(str(tiny_embedder_dir), "onnx", tmp_path / "o")
+    with pytest.raises(
+        ValueError,
+        match=r"cannot export for backend 'int4'; choose one of \['torch-int8', 'onnx', 'onnx-int8'\]",
+    ):
+        export(str(tiny_embedder_dir), "int4", tmp_path / "o")
+    with pytest.raises(ValueError, match="cannot export for backend 'torch'"):  # torch needs no export
+        export(str(tiny_embedder_dir), "torch", tmp_path / "o")
 
 
 def test_unknown_backend_is_refused_at_load(tiny_embedder_dir):
@@ -155,6 +160,6 @@ def test_export_command_rejects_a_bad_backend(tiny_embedder_dir, tmp_path, capsy
     register(parser.add_subparsers(dest="command"))
     with pytest.raises(SystemExit):
         parser.parse_args(
-            ["export", str(tiny_embedder_dir), "--backend", "onnx", "--out", str(tmp_path / "o")]
+            ["export", str(tiny_embedder_dir), "--backend", "int4", "--out", str(tmp_path / "o")]
         )
-    assert "invalid choice: 'onnx'" in capsys.readouterr().err
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
