@@ -64,6 +64,14 @@ def test_bad_values_and_missing_requirements_are_named(tmp_path, base):
     with pytest.raises(RecipeError, match="stage 'merge' merges 2 supervised models"):
         parse_recipe(bad)
     bad = json.loads(json.dumps(base))
+    bad["stages"]["merge"]["t"] = [0.5, 0.5]
+    with pytest.raises(RecipeError, match=r"stages\.merge: slerp of 2 models takes 1 t values"):
+        parse_recipe(bad)
+    bad = json.loads(json.dumps(base))
+    bad["stages"]["weak"]["warmup_steps"] = 9
+    with pytest.raises(RecipeError, match=r"warmup_steps \(9\) exceeds max_steps \(6\)"):
+        parse_recipe(bad)
+    bad = json.loads(json.dumps(base))
     bad["stages"]["weak"]["loss"] = "mnrl"
     bad["stages"]["weak"]["query_query"] = True
     with pytest.raises(RecipeError, match="loss: mnrl fixes"):
@@ -178,4 +186,20 @@ def test_plan_says_what_would_run(tmp_path, base, capsys):
     path = write_recipe(tmp_path / "r.yaml", base)
     assert cli_main(["recipe", "plan", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "synthesize: fresh (first run)" and out[1] == "filter: off"
+    assert out[0] == "synthesize: run (first run)" and out[1] == "filter: off"
+
+
+def test_two_runs_never_write_one_output_dir(tmp_path, base):
+    import fcntl
+    import os
+
+    base["stages"] = {"synthesize": {"records": str(Path(__file__)), "documents": 2}}
+    path = write_recipe(tmp_path / "r.yaml", base)
+    (tmp_path / "out").mkdir()
+    fd = os.open(tmp_path / "out" / ".recipe.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds it
+    try:
+        with pytest.raises(RecipeError, match="another recipe run is writing"):
+            run_recipe(load_recipe(path), show_progress=False)
+    finally:
+        os.close(fd)

@@ -103,6 +103,22 @@ def test_changed_setting_reruns_that_stage_and_downstream_only(full_run, tmp_pat
         "merge": False,
     }
 
+    # mid-way: the miner and everything after it (k: 3 would not do: the trainer reads the first 2
+    # negatives, which k leaves as they were, so the supervised model and what follows stay current)
+    recipe["stages"]["mine"]["skip_top"] = 2
+    write_recipe(copy, recipe)
+    result = run_recipe(load_recipe(copy), show_progress=False)
+    assert result.actions() == {
+        **{s: "skipped" for s in ("synthesize", "filter", "weak")},
+        **{s: "ran" for s in ("mine", "supervised", "merge", "evaluate")},
+    }
+
+    # a stage that reruns and writes the same bytes does not rerun what follows it
+    recipe["stages"]["filter"]["min_cos"] = -0.5  # kept everything at 0.0 already
+    write_recipe(copy, recipe)
+    result = run_recipe(load_recipe(copy), show_progress=False)
+    assert result.actions() == {**{s: "skipped" for s in STAGES}, "filter": "ran"}
+
 
 def yaml_load(path: Path) -> dict:
     import yaml

@@ -32,7 +32,7 @@ def plan_recipe(recipe: Recipe, *, resume: bool = False) -> list[str]:
             lines.append(f"{name}: skip ({why})")
         else:
             reruns = True
-            lines.append(f"{name}: {what} ({why})")
+            lines.append(f"{name}: {'run' if what == 'fresh' else what} ({why})")
     return lines
 
 

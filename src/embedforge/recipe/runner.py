@@ -16,6 +16,8 @@ their outputs and stay current. Errors name the stage (and the file, where one i
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import sys
 import time
@@ -142,6 +144,7 @@ def run_recipe(
     hf_bars = hf_logging.is_progress_bar_enabled()
     if not show_progress:
         hf_logging.disable_progress_bar()  # transformers' "Loading weights" bars too
+    lock = _lock(recipe.output_dir)
     try:
         for name in STAGES:
             if name not in on:
@@ -156,7 +159,24 @@ def run_recipe(
         result.report = write_report(ctx, result)
         if hf_bars and not show_progress:
             hf_logging.enable_progress_bar()
+        os.close(lock)  # releases the lock (the kernel does so too when a run is killed)
     return result
+
+
+LOCK_FILE = ".recipe.lock"
+
+
+def _lock(output_dir: Path) -> int:
+    """An exclusive ``flock`` on the output directory: two runs never write the same stages."""
+    fd = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RecipeError(
+            f"another recipe run is writing {output_dir} ({output_dir / LOCK_FILE} is locked)"
+        ) from None
+    return fd
 
 
 def _run_stage(ctx: Context, name: str, step: str, *, resume: bool, restart: bool) -> StageResult:

@@ -175,6 +175,7 @@ if TYPE_CHECKING:
     class _TrainFields(_Stage):  # what the recipe reads itself; the real class has every field
         save_every: int | None
         keep_checkpoints: int
+        warmup_steps: int
 
 else:  # every tunable field of the trainer, with its help text, kept in step with it
     _TrainFields = create_model("_TrainFields", __base__=_Stage, **_training_fields())
@@ -200,6 +201,8 @@ class TrainStage(_TrainFields):
                 raise ValueError(f"loss: mnrl fixes {MNRL_TERMS}; these settings contradict it: {clash}")
             for k, v in MNRL_TERMS.items():
                 object.__setattr__(self, k, v)
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         return self
 
     def trainer_settings(self) -> dict[str, Any]:
@@ -268,6 +271,17 @@ class MergeStage(_Stage):
     )
     method: MergeMethodName = Field(MergeMethodName.slerp, description="slerp (the paper) or linear")
     t: list[float] | None = Field(None, description="slerp factor per fold step; null = equal shares (1/k)")
+
+    @model_validator(mode="after")
+    def _fold(self) -> MergeStage:
+        if self.t is not None:
+            if self.method is not MergeMethodName.slerp:
+                raise ValueError("t applies to slerp only")
+            if len(self.t) != self.checkpoints - 1 or not all(0.0 <= x <= 1.0 for x in self.t):
+                raise ValueError(
+                    f"slerp of {self.checkpoints} models takes {self.checkpoints - 1} t values in [0, 1], got {self.t}"
+                )
+        return self
 
 
 class EvaluateStage(_Stage):
