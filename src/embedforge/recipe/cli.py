@@ -61,7 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run every stage that is on; skip the ones whose outputs are current")
     p.add_argument("recipe", help="the recipe YAML file")
     p.add_argument("--resume", action="store_true", help="continue an interrupted or failed stage")
-    p.add_argument("--restart", action="store_true", help="start an interrupted or failed stage over (its partial work is discarded)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start an interrupted or failed stage over (its partial work is discarded)",
+    )
     add_progress_argument(p)
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("plan", help="validate a recipe and say which stages a run would skip or run")
