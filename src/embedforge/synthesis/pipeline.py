@@ -10,8 +10,9 @@ appended to the store at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ from embedforge.synthesis.llm import LLMBackend
 from embedforge.synthesis.prompts import PERSONA_INSTRUCTION, PROMPT_VERSION
 from embedforge.synthesis.sources import Document
 from embedforge.synthesis.store import RecordKey, SynthesisStore
-from embedforge.synthesis.tasks import GenerationFailed, Task, WorkItem, get_task
+from embedforge.synthesis.tasks import AskStats, GenerationFailed, Task, WorkItem, get_task
 
 if TYPE_CHECKING:
     from embedforge.embedder import Embedder
@@ -75,7 +76,14 @@ class PersonaIndex:
 
 @dataclass
 class SynthesisReport:
-    """What a run did. ``skipped``: finished before this run; ``retried``: failed before, asked again."""
+    """What a run did. ``skipped``: finished before this run; ``retried``: failed before, asked again.
+
+    The LLM side: ``requests`` sent and transport ``retries`` (timeouts, 429, 5xx); per step (``steps``,
+    the fields of :class:`~embedforge.synthesis.tasks.StepStats`) the calls, the answers that were not
+    the JSON asked for (``invalid``; ``first_try_invalid`` of the calls' first answers) and the calls
+    that gave up; the tokens the endpoint reported and ``truncated`` answers (cut by ``max_tokens``);
+    ``seconds``: wall time of the generation (persona retrieval included, model loading not).
+    """
 
     task: str
     total: int
@@ -88,6 +96,19 @@ class SynthesisReport:
     rate_limited: int
     out: Path
     failed_out: Path
+    steps: dict[str, dict[str, int]] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+
+    @property
+    def invalid_answers(self) -> int:
+        return sum(s["invalid"] for s in self.steps.values())
+
+    @property
+    def first_try_invalid(self) -> int:
+        return sum(s["first_try_invalid"] for s in self.steps.values())
 
 
 def work_keys(docs: Sequence[Document], task: str, per_doc: int) -> list[tuple[Document, RecordKey]]:
@@ -104,6 +125,7 @@ async def _run(
     bar: tqdm,
     counts: dict[str, int],
     chunk: int,
+    ask_stats: AskStats,
 ) -> None:
     workers = max(1, backend.concurrency)
     queue: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=2 * workers)
@@ -125,7 +147,7 @@ async def _run(
     async def work() -> None:
         while (item := await queue.get()) is not None:
             try:
-                record = await task.generate(item, backend, cfg)
+                record = await task.generate(item, backend, cfg, stats=ask_stats)
             except GenerationFailed as e:
                 store.add_failure(item.key, str(e), model=backend.model_name)
                 counts["failed"] += 1
@@ -170,6 +192,8 @@ def synthesize(
         before = store.previously_failed()
         pending = [(d, k) for d, k in keys if k not in store.done_keys]
         counts = {"done": 0, "failed": 0, "skipped": len(keys) - len(pending)}
+        ask_stats = AskStats()
+        started = time.perf_counter()
         with tqdm(
             total=len(keys),
             initial=counts["skipped"],
@@ -178,7 +202,8 @@ def synthesize(
             desc=f"synth {task}",
         ) as bar:
             bar.set_postfix(done=0, failed=0, skipped=counts["skipped"])
-            asyncio.run(_run(runner, pending, backend, store, cfg, personas, bar, counts, chunk))
+            asyncio.run(_run(runner, pending, backend, store, cfg, personas, bar, counts, chunk, ask_stats))
+        seconds = time.perf_counter() - started
         return SynthesisReport(
             task=runner.name,
             total=len(keys),
@@ -191,4 +216,9 @@ def synthesize(
             rate_limited=backend.stats.rate_limited,
             out=store.path,
             failed_out=store.failed_path,
+            steps={name: asdict(st) for name, st in ask_stats.steps.items()},
+            prompt_tokens=backend.stats.prompt_tokens,
+            completion_tokens=backend.stats.completion_tokens,
+            truncated=backend.stats.truncated,
+            seconds=round(seconds, 3),
         )

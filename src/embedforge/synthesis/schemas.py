@@ -3,12 +3,17 @@
 LLM answers are parsed leniently where it costs nothing (a ```json fence, a Qwen3 ``<think>`` block,
 text around the object, the case of a key) and strictly where it matters (closed choices, non-empty
 strings, a label that is one of the labels).
+
+:func:`json_schema` turns an answer model into the JSON schema sent for constrained decoding: the keys
+the prompts ask for (the aliases), every key required, no others, ``$ref`` inlined (some grammar
+converters resolve none) and, where a step knows them, the allowed values of a field as an ``enum``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -38,18 +43,19 @@ _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
 def extract_json(text: str) -> dict[str, Any]:
-    """The first JSON object in an LLM answer (think blocks and code fences removed)."""
+    """The first JSON object in an LLM answer (think blocks and code fences removed). The error says
+    why, not what the answer was: :func:`~embedforge.synthesis.tasks.ask` shows the raw reply."""
     body = _THINK.sub("", text).strip()
     fenced = _FENCE.search(body)
     if fenced:
         body = fenced.group(1).strip()
     start = body.find("{")
     if start < 0:
-        raise InvalidOutput(f"no JSON object in the answer: {text[:200]!r}")
+        raise InvalidOutput("no JSON object in the answer")
     try:
         obj, _ = json.JSONDecoder().raw_decode(body[start:])
     except json.JSONDecodeError as e:
-        raise InvalidOutput(f"invalid JSON ({e.msg} at char {e.pos}): {text[:200]!r}") from e
+        raise InvalidOutput(f"invalid JSON ({e.msg} at char {e.pos} of the object)") from e
     return obj  # decoding from a "{" always gives a dict
 
 
@@ -78,6 +84,35 @@ def parse_output(text: str, schema: type[T]) -> T:
     except ValidationError as e:
         errors = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise InvalidOutput(f"{schema.__name__}: {errors}") from e
+
+
+def _inline_refs(node: Any, defs: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = defs[node["$ref"].rsplit("/", 1)[-1]]
+            return _inline_refs({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def json_schema(
+    model: type[LLMOutput], *, choices: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """The JSON schema of ``model``'s answer as the prompt asks for it (keys by alias, all required,
+    no others, no ``$ref``). ``choices`` narrows a string field (by alias) to the values given."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema = _inline_refs(raw, raw.get("$defs", {}))
+    schema["required"] = list(schema["properties"])
+    schema["additionalProperties"] = False
+    for key, values in (choices or {}).items():
+        if key not in schema["properties"]:
+            raise ValueError(f"{model.__name__} has no field {key!r}; fields: {list(schema['properties'])}")
+        if not values:
+            raise ValueError(f"choices for {key!r} are empty")
+        schema["properties"][key] = {"type": "string", "enum": list(dict.fromkeys(values))}
+    return schema
 
 
 class ConfigurationOutput(LLMOutput):

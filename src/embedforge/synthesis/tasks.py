@@ -3,18 +3,22 @@
 Each task turns one (document, sample index) into one trainer-ready record, or raises
 :class:`GenerationFailed` with the reason. Retrieval is the paper's two-stage, persona-driven recipe;
 bitext, STS and classification use our templates (``prompts.py``).
+
+Every LLM call goes through :func:`ask`, which names its step (``retrieval/configuration``,
+``retrieval/query``, ``bitext`` ...), sends the step's JSON schema when the backend decodes under one,
+asks again when the answer is not the JSON asked for, and counts what happened in :class:`StepStats`.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, TypeVar
 
 from embedforge.synthesis import prompts as P
 from embedforge.synthesis.config import DIFFICULTY_NAMES, Choice, SynthesisConfig
-from embedforge.synthesis.llm import LLMBackend, LLMError, LLMFatalError
+from embedforge.synthesis.llm import LLMBackend, LLMError, LLMFatalError, OutputSchema, accepts_schema
 from embedforge.synthesis.schemas import (
     BitextOutput,
     ClassificationOutput,
@@ -25,6 +29,7 @@ from embedforge.synthesis.schemas import (
     QueryOutput,
     STSOutput,
     SynthRecord,
+    json_schema,
     parse_output,
 )
 from embedforge.synthesis.sources import Document
@@ -44,23 +49,87 @@ class WorkItem:
     personas: tuple[str, ...] = ()  # the candidates for the configuration prompt (retrieval only)
 
 
-async def ask(backend: LLMBackend, prompt: str, schema: type[T], cfg: SynthesisConfig) -> T:
-    """One prompt as a user message; an answer that fails to parse is asked again, ``max_invalid`` times."""
-    last: Exception | None = None
-    for _ in range(cfg.max_invalid):
+RAW_REPLY_CHARS = 300  # how much of a bad reply an error message shows
+
+
+@dataclass
+class StepStats:
+    """What the LLM calls of one step did. ``first_try_invalid``: calls whose first answer did not parse."""
+
+    calls: int = 0  # ask() calls
+    answers: int = 0  # answers received (first tries and re-asks)
+    invalid: int = 0  # answers that were not the JSON asked for (empty ones included)
+    empty: int = 0  # answers with no text at all
+    first_try_invalid: int = 0
+    failed: int = 0  # calls that gave up: no valid answer in max_invalid attempts, or the request failed
+
+
+@dataclass
+class AskStats:
+    """:class:`StepStats` per step name, filled by :func:`ask` as a run goes."""
+
+    steps: dict[str, StepStats] = field(default_factory=dict)
+
+    def step(self, name: str) -> StepStats:
+        return self.steps.setdefault(name, StepStats())
+
+
+def _shown(text: str) -> str:
+    """A reply as an error message shows it: its length and its start."""
+    cut = text[:RAW_REPLY_CHARS]
+    return f"({len(text)} chars) {cut!r}" + (" ..." if len(text) > RAW_REPLY_CHARS else "")
+
+
+async def ask(
+    backend: LLMBackend,
+    prompt: str,
+    schema: type[T],
+    cfg: SynthesisConfig,
+    *,
+    step: str | None = None,
+    output_schema: OutputSchema | None = None,
+    stats: AskStats | None = None,
+) -> T:
+    """One prompt as a user message; an answer that fails to parse is asked again, ``max_invalid`` times.
+
+    ``step`` names the call in errors and in ``stats`` (default: the schema's name). When the backend
+    decodes under a JSON schema, ``output_schema`` (default: the schema of ``schema``) goes along. After
+    the last attempt :class:`GenerationFailed` names the step, the reason and the raw reply (cut).
+    """
+    step = step or schema.__name__
+    st = (stats or AskStats()).step(step)
+    st.calls += 1
+    kwargs: dict = {}
+    if accepts_schema(backend):
+        kwargs["output_schema"] = output_schema or OutputSchema(schema.__name__, json_schema(schema))
+    reason, text = "", ""
+    for attempt in range(cfg.max_invalid):
         try:
             text = await backend.complete(
-                [{"role": "user", "content": prompt}], temperature=cfg.temperature, max_tokens=cfg.max_tokens
+                [{"role": "user", "content": prompt}],
+                temperature=cfg.temperature,
+                max_tokens=cfg.max_tokens,
+                **kwargs,
             )
         except LLMFatalError:
             raise
         except LLMError as e:
-            raise GenerationFailed(f"LLM request failed: {e}") from e
+            st.failed += 1
+            raise GenerationFailed(f"{step}: LLM request failed: {e}") from e
+        st.answers += 1
         try:
+            if not text.strip():
+                st.empty += 1
+                raise InvalidOutput("the reply is empty")
             return parse_output(text, schema)
         except InvalidOutput as e:
-            last = e
-    raise GenerationFailed(f"no valid {schema.__name__} in {cfg.max_invalid} attempts; last: {last}")
+            st.invalid += 1
+            st.first_try_invalid += attempt == 0
+            reason = str(e)
+    st.failed += 1
+    raise GenerationFailed(
+        f"{step}: no valid {schema.__name__} in {cfg.max_invalid} attempts: {reason}; last reply {_shown(text)}"
+    )
 
 
 def _provenance(item: WorkItem, cfg: SynthesisConfig, backend: LLMBackend, **extra: object) -> Provenance:
@@ -79,7 +148,9 @@ class Task(Protocol):
         """Raise ValueError, before any request, for settings this task cannot work with."""
         ...
 
-    async def generate(self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig) -> SynthRecord: ...
+    async def generate(
+        self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig, *, stats: AskStats | None = None
+    ) -> SynthRecord: ...
 
 
 class RetrievalTask:
@@ -92,7 +163,9 @@ class RetrievalTask:
     def check(self, cfg: SynthesisConfig, docs: Sequence[Document]) -> None:
         return None
 
-    async def generate(self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig) -> SynthRecord:
+    async def generate(
+        self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig, *, stats: AskStats | None = None
+    ) -> SynthRecord:
         if not item.personas:
             raise ValueError("retrieval needs candidate personas for every document")
         rng = cfg.rng(*item.key.as_dict().values())
@@ -103,8 +176,18 @@ class RetrievalTask:
         passage = item.doc.text[: cfg.max_passage_chars]
         corpus_language = item.doc.language or cfg.corpus_language
         candidates = list(item.personas)
+        # under a schema the persona must be one of the candidates, as the prompt asks
+        conf_schema = OutputSchema(
+            "configuration", json_schema(ConfigurationOutput, choices={"Character": candidates})
+        )
         conf = await ask(
-            backend, P.render_configuration(passage, candidates, corpus_language), ConfigurationOutput, cfg
+            backend,
+            P.render_configuration(passage, candidates, corpus_language),
+            ConfigurationOutput,
+            cfg,
+            step="retrieval/configuration",
+            output_schema=conf_schema,
+            stats=stats,
         )
         qtype = drawn_type or conf.question_type.value
         difficulty = drawn_difficulty or conf.difficulty.value
@@ -117,7 +200,15 @@ class RetrievalTask:
             language=language,
             corpus_language=corpus_language,
         )
-        out = await ask(backend, prompt, QueryOutput, cfg)
+        out = await ask(
+            backend,
+            prompt,
+            QueryOutput,
+            cfg,
+            step="retrieval/query",
+            output_schema=OutputSchema("query", json_schema(QueryOutput)),
+            stats=stats,
+        )
         prov = _provenance(
             item,
             cfg,
@@ -162,7 +253,9 @@ class BitextTask:
         for source in {d.language or cfg.corpus_language for d in docs}:
             self._targets(cfg, source)
 
-    async def generate(self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig) -> SynthRecord:
+    async def generate(
+        self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig, *, stats: AskStats | None = None
+    ) -> SynthRecord:
         rng = cfg.rng(*item.key.as_dict().values())
         source = item.doc.language or cfg.corpus_language
         target = self._targets(cfg, source).draw(rng)  # check() made sure there is one
@@ -174,7 +267,7 @@ class BitextTask:
             length=length,
             corpus_language=source,
         )
-        out = await ask(backend, prompt, BitextOutput, cfg)
+        out = await ask(backend, prompt, BitextOutput, cfg, step="bitext", stats=stats)
         prov = _provenance(
             item, cfg, backend, language=target, length=length, source_language=source, corpus_language=source
         )
@@ -192,7 +285,9 @@ class STSTask:
     def check(self, cfg: SynthesisConfig, docs: Sequence[Document]) -> None:
         return None
 
-    async def generate(self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig) -> SynthRecord:
+    async def generate(
+        self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig, *, stats: AskStats | None = None
+    ) -> SynthRecord:
         rng = cfg.rng(*item.key.as_dict().values())
         language = cfg.languages.draw(rng)
         length = cfg.lengths.draw(rng)
@@ -205,7 +300,7 @@ class STSTask:
             language=language,
             corpus_language=corpus_language,
         )
-        out = await ask(backend, prompt, STSOutput, cfg)
+        out = await ask(backend, prompt, STSOutput, cfg, step="sts", stats=stats)
         prov = _provenance(
             item,
             cfg,
@@ -230,7 +325,9 @@ class ClassificationTask:
     def check(self, cfg: SynthesisConfig, docs: Sequence[Document]) -> None:
         return None
 
-    async def generate(self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig) -> SynthRecord:
+    async def generate(
+        self, item: WorkItem, backend: LLMBackend, cfg: SynthesisConfig, *, stats: AskStats | None = None
+    ) -> SynthRecord:
         rng = cfg.rng(*item.key.as_dict().values())
         language = cfg.languages.draw(rng)
         length = cfg.lengths.draw(rng)
@@ -243,7 +340,7 @@ class ClassificationTask:
             language=language,
             corpus_language=corpus_language,
         )
-        out = await ask(backend, prompt, ClassificationOutput, cfg)
+        out = await ask(backend, prompt, ClassificationOutput, cfg, step="classification", stats=stats)
         prov = _provenance(
             item,
             cfg,
