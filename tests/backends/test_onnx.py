@@ -234,7 +234,7 @@ def test_cls_pooling_exports(minilm_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_llama_decoder_exports(tmp_path):
+def test_a_llama_decoder_exports_with_external_weights(tmp_path):
     from transformers import LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
@@ -247,7 +247,8 @@ def test_a_llama_decoder_exports(tmp_path):
         num_key_value_heads=2,
     )
     module = LlamaModel(config).eval()
-    info = export_graph(module, tmp_path, kind="embedder", pooling="lasttoken")
+    info = export_graph(module, tmp_path, kind="embedder", pooling="lasttoken", external_data=True)
+    assert info.files == (GRAPH_FILE, GRAPH_FILE + ".data")  # the layout of models past 1 GiB
     runtime, ref = OnnxRuntime(tmp_path / GRAPH_FILE, info), TorchRuntime(module)
     ids = torch.randint(0, 300, (3, 11))
     mask = torch.ones(3, 11, dtype=torch.long)

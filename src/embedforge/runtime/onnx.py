@@ -165,8 +165,13 @@ def export_graph(
     pooling: str | None = None,
     causal: bool = True,
     opset: int | None = None,
+    external_data: bool | None = None,
 ) -> GraphInfo:
-    """Write ``out/model.onnx`` for ``module`` (fp32, CPU) and return what it computes."""
+    """Write ``out/model.onnx`` for ``module`` (fp32, CPU) and return what it computes.
+
+    ``external_data``: weights in ``model.onnx.data`` beside the graph; ``None`` decides by size
+    (from 1 GiB of weights: one protobuf file cannot pass 2 GB, and Qwen3-0.6B is 2.4 GB in fp32).
+    """
     (onnx,) = require_onnx("onnx")
     require_onnx("onnxscript")
     reason = export_support(module)
@@ -206,7 +211,7 @@ def export_graph(
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
     out.mkdir(parents=True, exist_ok=True)
-    external = weights >= 1 << 30  # one file below the 2 GB protobuf limit, else weights beside it
+    external = weights >= 1 << 30 if external_data is None else external_data
     program.save(str(out / GRAPH_FILE), external_data=external)
     proto = onnx.load(str(out / GRAPH_FILE), load_external_data=False)
     opsets = {o.domain: o.version for o in proto.opset_import}
