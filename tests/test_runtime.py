@@ -119,10 +119,11 @@ def test_setting_model_makes_a_new_runtime_and_leaves_copies_alone(rr):
 
 
 def test_unknown_backend_names_the_available_ones(tiny_embedder_dir, tiny_reranker_dir):
-    assert BACKENDS == ("torch", "torch-int8")
+    assert BACKENDS == ("torch", "torch-int8", "onnx", "onnx-int8")
     with pytest.raises(
-        ValueError, match=r"backend 'onnx' is not available; choose one of \['torch', 'torch-int8'\]"
+        ValueError,
+        match=r"backend 'int4' is not available; choose one of \['torch', 'torch-int8', 'onnx', 'onnx-int8'\]",
     ):
-        Embedder.from_pretrained(tiny_embedder_dir, backend="onnx")
+        Embedder.from_pretrained(tiny_embedder_dir, backend="int4")
     with pytest.raises(ValueError, match="backend 'int8' is not available"):
         Reranker.from_pretrained(tiny_reranker_dir, backend="int8")

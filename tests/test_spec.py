@@ -45,7 +45,9 @@ OTHER_COMMANDS = {
     ("index", "info"): "no model: reads the manifest and the table",
     ("index", "optimize"): "no model: compacts, builds ANN indexes and quantised codes",
     ("search",): "the embedder comes from the index manifest; --reranker* are the full ModelSpec options",
-    ("export",): "MODEL is positional and --backend names the export's target (issue 14, unfinished)",
+    ("export",): "MODEL is positional and --backend names the export's target",
+    ("recipe", "run"): "every model and option comes from the recipe file",
+    ("recipe", "plan"): "every model and option comes from the recipe file; loads nothing",
 }
 
 
@@ -133,7 +135,10 @@ def test_spec_is_picklable_and_round_trips_through_json():
     ("changes", "message"),
     [
         ({"model": ""}, "model must be a local directory or a Hub id, got ''"),
-        ({"backend": "onnx"}, r"backend 'onnx' is not supported; use one of \['torch', 'torch-int8'\]"),
+        (
+            {"backend": "int4"},
+            r"backend 'int4' is not supported; use one of \['torch', 'torch-int8', 'onnx', 'onnx-int8'\]",
+        ),
         ({"dtype": "int3"}, "dtype 'int3' is not supported; use one of"),
         ({"device": "gpu0"}, "device 'gpu0' is not a torch device"),
         ({"threads": 0}, "threads must be a positive integer or None, got 0"),
@@ -159,7 +164,7 @@ def test_every_dtype_and_backend_the_spec_accepts_is_one_the_loader_accepts():
     cpu = resolve_device("cpu")
     for name in DTYPES:
         resolve_dtype(name, cpu)  # raises for a name the loader does not know
-    assert BACKENDS == ("torch", "torch-int8")
+    assert BACKENDS == ("torch", "torch-int8", "onnx", "onnx-int8")
 
 
 def test_from_args_reads_every_flag_back():
@@ -206,8 +211,8 @@ def test_bad_model_options_on_the_command_line_fail_before_any_work(tmp_path, ca
     assert main(["embed", str(src), "-o", str(out), "--model", "m", "--threads", "0"]) == 2
     assert "threads must be a positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["embed", str(src), "-o", str(out), "--backend", "onnx"])
-    assert "invalid choice: 'onnx'" in capsys.readouterr().err
+        build_parser().parse_args(["embed", str(src), "-o", str(out), "--backend", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -277,6 +277,7 @@ class ModelSpec:
             batch_tokens=self.batch_tokens,
             allow_pickle=self.allow_pickle,
             trust_remote_code=self.trust_remote_code,
+            backend=self.backend,
         )
         if self.max_length is not None:  # None: the loader's own default
             kwargs["max_length"] = self.max_length

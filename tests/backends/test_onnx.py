@@ -363,14 +363,6 @@ def test_backend_names_reach_every_command_parser(tmp_path):
         assert ModelSpec.from_args(args).backend == backend
 
 
-# embedforge.spec.ModelSpec validates --backend but its _load_kwargs() never passes it to
-# from_pretrained (torch-int8 is dropped the same way): every command and the server load torch
-SPEC_DROPS_BACKEND = pytest.mark.xfail(
-    strict=True, raises=ExportError, reason="ModelSpec._load_kwargs() does not pass backend (spec.py)"
-)
-
-
-@SPEC_DROPS_BACKEND
 def test_model_spec_loads_the_onnx_backend(onnx_embedder_dir, tmp_path):
     from embedforge.cli import main
     from embedforge.spec import ModelSpec
@@ -386,7 +378,6 @@ def test_model_spec_loads_the_onnx_backend(onnx_embedder_dir, tmp_path):
     np.testing.assert_allclose(np.load(out), want, atol=ATOL, rtol=0)
 
 
-@SPEC_DROPS_BACKEND
 def test_server_with_backend_onnx(onnx_embedder_dir, onnx_reranker_dir, tiny_embedder_dir):
     pytest.importorskip("fastapi", reason="the server extra is not installed")
     import time
