@@ -18,7 +18,13 @@ The synthetic pairs are made once: ``--synthetic-store FILE`` reuses a synthesis
 JSONL); without it a synthesis-only recipe runs first with the base recipe's LLM settings (or
 ``--llm URL --llm-model NAME``).
 
-Full scale (the base recipe's settings; hours on 2 CPU cores, see the printed estimate):
+Cost on 2 CPU cores (MiniLM, measured at reduced scale and scaled up): one SciFact corpus encoding
+~450 CPU-s (~4 min), one training step at batch 32 with 3 negatives ~28 CPU-s (~10-15 s). Per seed
+the full-pipeline recipe takes ~25-30 min, each supervised-only recipe (5 of them) ~10 min, so the
+full ablation at 3 seeds takes ~3.5-4.5 h on an idle machine (plus the synthesis, which wants a GPU
+LLM endpoint) and ~5 GB of disk under --work.
+
+Full scale (the base recipe's settings):
     PYTHONPATH=src .venv/bin/python benchmarks/recipe_ablation.py --synthetic-store PAIRS.jsonl
 Reduced scale:
     PYTHONPATH=src .venv/bin/python benchmarks/recipe_ablation.py --synthetic-store PAIRS.jsonl \
@@ -132,7 +138,7 @@ def run_one(raw: dict[str, Any], path: Path, *, show_progress: bool) -> tuple[di
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     t0 = time.perf_counter()
-    result = run_recipe(load_recipe(path), show_progress=show_progress)
+    result = run_recipe(load_recipe(path), resume=True, show_progress=show_progress)  # a killed run continues
     assert result.report is not None
     for state in result.recipe.output_dir.glob("*/model/checkpoints/*/trainer_state.pt"):
         state.unlink()  # optimizer states of finished stages (2x the model): not needed once complete
