@@ -203,3 +203,21 @@ def test_two_runs_never_write_one_output_dir(tmp_path, base):
             run_recipe(load_recipe(path), show_progress=False)
     finally:
         os.close(fd)
+
+
+def test_two_endpoints_and_constrained_decoding_reach_the_llm(tmp_path, base):
+    """``url`` may list several endpoints (requests spread over them) and ``response_format`` sends
+    each answer's JSON schema: a model that chatters unless constrained then answers every pair."""
+    from synthesis.synth_fake_llm import constrained_reply
+
+    base["stages"] = {"synthesize": base["stages"]["synthesize"]}
+    base["stages"]["synthesize"]["documents"] = 4
+    with FakeLLM(constrained_reply) as a, FakeLLM(constrained_reply) as b:
+        base["stages"]["synthesize"]["llm"].update(url=[a.url, b.url], response_format="json_schema")
+        path = write_recipe(tmp_path / "r.yaml", base)
+        result = run_recipe(load_recipe(path), show_progress=False)
+    assert result.actions()["synthesize"] == "ran"
+    assert next(s for s in result.stages if s.stage == "synthesize").record.summary["pairs"] == 4
+    assert a.calls + b.calls == 8 and a.calls > 0 and b.calls > 0
+    assert all(body["response_format"]["type"] == "json_schema" for body in a.bodies + b.bodies)
+    assert not a.schema_violations and not b.schema_violations

@@ -32,6 +32,7 @@ class MultiEndpointBackend:
             raise ValueError("give at least one endpoint")
         self.backends = backends
         self.model_name = backends[0].model_name
+        self.response_format = backends[0].response_format  # a ConstrainedBackend when one is set
         self.concurrency = sum(b.concurrency for b in backends)  # the pipeline's number of workers
         self.stats = BackendStats()
         self._in_flight = [0] * len(backends)
@@ -81,6 +82,7 @@ def build_backend(llm: LLMSettings, *, seed: int) -> LLMBackend:
             seed=seed,
             extra_body=llm.extra_body,
             local=local,
+            response_format=llm.response_format,
         )
     assert llm.model is not None  # LLMSettings requires it with URLs
     return MultiEndpointBackend(
@@ -94,6 +96,7 @@ def build_backend(llm: LLMSettings, *, seed: int) -> LLMBackend:
                 retry=retry,
                 seed=seed + i,
                 extra_body=llm.extra_body,
+                response_format=llm.response_format,
             )
             for i, url in enumerate(urls)
         ]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field, create_model, field_validator, model_validator
 
 from embedforge.recipe.fields import RecipePath, Section, SpecField
+from embedforge.synthesis.llm import ResponseFormat
 from embedforge.training.config import EmbedderTrainingConfig
 
 
@@ -39,6 +40,11 @@ class LLMSettings(Section):
     backoff: float = Field(0.5, ge=0, description="Base delay of the jittered exponential backoff, seconds")
     max_backoff: float = Field(30.0, ge=0, description="Longest wait between retries, seconds")
     extra_body: dict[str, Any] | None = Field(None, description="JSON merged into every request")
+    response_format: ResponseFormat = Field(
+        ResponseFormat.none,
+        description="Send each answer's JSON schema for constrained decoding: json_schema (OpenAI, vLLM, "
+        "SGLang, llama-server), json_object (llama-cpp-python's server) or none (endpoints only)",
+    )
     local: dict[str, Any] | None = Field(
         None, description="ModelSpec options of a local:PATH model (device, dtype, threads ...)"
     )
