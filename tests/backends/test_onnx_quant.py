@@ -10,6 +10,7 @@ measures 1,000 SciFact documents).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,9 @@ def export(model: nn.Module, pooling: str, path: Path, *, dynamo: bool = False) 
     else:
         axes = {0: "batch", 1: "seq"}
         kw |= {"dynamic_axes": {"input_ids": axes, "attention_mask": axes, "out": axes}, "opset_version": 18}
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # torch's dynamo exporter trips over its own pytree deprecation (as in runtime/onnx.py)
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         torch.onnx.export(Pooled(model.eval(), pooling), (ids, mask), str(path), dynamo=dynamo, **kw)
     return path
 
