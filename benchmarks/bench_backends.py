@@ -1,20 +1,28 @@
 """Backends side by side: quality against fp32 on real weights, speed, SciFact nDCG@10, peak memory.
 
-Quality (valid on a busy machine): per-text cosine of each backend against embedforge fp32 torch
-over SciFact documents, for all-MiniLM-L6-v2 (an encoder) and SmolLM2-135M-Instruct used as a
-last-token-pooled embedder (a real Llama-architecture decoder; its weights went through 4-bit
-quantisation once, GGUF Q4_1, so its figures carry that caveat), and SmolLM2 used as a yes/no
-reranker (the Qwen3 reranker template; "yes" and "no" are single tokens of its tokenizer).
+Every non-torch backend is loaded from its own ``embedforge export`` directory (written once under
+``--exports``, calibrated on SciFact documents 4000.., disjoint from the evaluated ones).
+
+Quality (valid on a busy machine): per-text cosine of each backend (torch-int8, onnx, onnx-int8)
+against embedforge fp32 torch over SciFact documents, for all-MiniLM-L6-v2 (an encoder) and
+SmolLM2-135M-Instruct used as a last-token-pooled embedder (a real Llama-architecture decoder; its
+weights went through 4-bit quantisation once, GGUF Q4_1, so its figures carry that caveat), and
+SmolLM2 used as a yes/no reranker (the Qwen3 reranker template; "yes" and "no" are single tokens
+of its tokenizer).
 
 Speed (only valid on a quiet machine): all methods in ONE process, interleaved, best of
-``--repeats``: embedforge fp32 torch, fp32 with last-position decoding, torch-int8, and
-sentence-transformers' own torch / ONNX / ONNX-int8 backends where they run offline.
+``--repeats``: embedforge fp32 torch, fp32 with last-position decoding, torch-int8, onnx,
+onnx-int8, and sentence-transformers' own torch / ONNX / ONNX-int8 backends where they run
+offline (``--st-onnx``); each row also carries its cosines against fp32 on the same texts.
+
+nDCG: all-MiniLM-L6-v2 on the full SciFact test set with every backend, each in its own process
+(its peak RSS is its own).
 
 Usage::
 
     python benchmarks/bench_backends.py quality --docs 1000       # cosines, reranker scores
-    python benchmarks/bench_backends.py speed --texts 160          # 0.6B shape cut to 4 layers + MiniLM
-    python benchmarks/bench_backends.py ndcg                      # SciFact nDCG@10, MiniLM fp32 vs int8
+    python benchmarks/bench_backends.py speed --st-onnx DIR       # 0.6B shape cut to 4 layers + MiniLM
+    python benchmarks/bench_backends.py ndcg                      # SciFact nDCG@10 + peak RSS per backend
     python benchmarks/bench_backends.py all --out benchmarks/results/backends.json
 
 SmolLM2 is read from ``--smollm2`` (a directory written by ``prepare_smollm2``, made on first
@@ -92,15 +100,49 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+EXPORTED = ("torch-int8", "onnx", "onnx-int8")
+INT8_SUMMARY = ("method", "modes", "groups", "weight_bits", "keep_fp32", "agreement", "target", "trials")
+
+
+def exports(
+    path: Path, calib: list[str], work: Path, *, kind: str = "embedder", **load_kwargs: Any
+) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """``embedforge export`` of ``path`` for every non-torch backend, calibrated on ``calib``
+    (SciFact documents 4000..): backend -> (directory, what the export recorded). Each export is
+    written once under ``work`` and reused."""
+    from embedforge.export import export, read_manifest
+
+    out = {}
+    for backend in EXPORTED:
+        d = work / f"{path.name}-{kind}-{backend}"
+        t0 = time.perf_counter()
+        if read_manifest(d) is None:
+            export(
+                str(path),
+                backend,
+                d,
+                kind=kind,
+                calibration_texts=calib,
+                calibration_source="SciFact corpus documents 4000.. (disjoint from the evaluated ones)",
+                **load_kwargs,
+            )
+        manifest = read_manifest(d)
+        assert manifest is not None
+        int8 = {k: manifest.int8[k] for k in INT8_SUMMARY if k in manifest.int8}
+        out[backend] = (d, {"export_s": round(time.perf_counter() - t0, 1), "int8": int8})
+    return out
+
+
 # ---------------------------------------------------------------------------- quality
 def cosine_stats(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
     return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "texts": int(len(cos))}
 
 
-def quality_embedder(path: Path, docs: list[str], calib: list[str], max_length: int | None) -> dict[str, Any]:
+def quality_embedder(
+    path: Path, docs: list[str], calib: list[str], max_length: int | None, work: Path
+) -> dict[str, Any]:
     from embedforge import Embedder
-    from embedforge.export import quantize_int8
     from embedforge.runtime.lastpos import LastPositionRuntime
 
     emb = Embedder.from_pretrained(path, device="cpu", dtype="float32", max_length=max_length)
@@ -115,50 +157,62 @@ def quality_embedder(path: Path, docs: list[str], calib: list[str], max_length: 
             **cosine_stats(ref, out),
         }
         emb.runtime = fp32_runtime
-    record = quantize_int8(
-        emb, calib, source="SciFact corpus documents 4000.. (disjoint from the evaluated ones)"
-    )
-    out = emb.encode(docs)
-    result["torch-int8"] = {**cosine_stats(ref, out), "calibration": record}
+    del emb
+    for backend, (d, record) in exports(path, calib, work, max_length=max_length).items():
+        other = Embedder.from_pretrained(d, backend=backend, max_length=max_length)
+        result[backend] = {**cosine_stats(ref, other.encode(docs)), **record}
+        print(backend, {k: v for k, v in result[backend].items() if k != "int8"}, flush=True)
+        del other
+        gc.collect()
     return result
 
 
-def quality_reranker(path: Path, docs: list[str], queries: list[str], calib: list[str]) -> dict[str, Any]:
+def quality_reranker(
+    path: Path, docs: list[str], queries: list[str], calib: list[str], work: Path
+) -> dict[str, Any]:
     from embedforge import Reranker
-    from embedforge.export import quantize_int8
 
     rr = Reranker.from_pretrained(path, device="cpu", dtype="float32", max_length=384)
     pairs = [(q, d) for q in queries for d in docs]
     ref = rr.score_pairs(pairs)
-    record = quantize_int8(rr, calib, source="SciFact corpus documents 4000.. (disjoint)")
-    out = rr.score_pairs(pairs)
-    diff = np.abs(out - ref)
-    ref_order = np.argsort(-ref.reshape(len(queries), -1), axis=1)
-    out_order = np.argsort(-out.reshape(len(queries), -1), axis=1)
-    return {
+    result: dict[str, Any] = {
         "pairs": len(pairs),
         "yes_no_ids": {"yes": rr.yes_id, "no": rr.no_id},
-        "max_abs_score_diff": float(diff.max()),
-        "mean_abs_score_diff": float(diff.mean()),
-        "top1_agreement": float((ref_order[:, 0] == out_order[:, 0]).mean()),
         "score_range_fp32": [float(ref.min()), float(ref.max())],
-        "calibration": record,
         "caveat": CAVEAT,
     }
+    del rr
+    ref_order = np.argsort(-ref.reshape(len(queries), -1), axis=1)
+    for backend, (d, record) in exports(path, calib, work, kind="reranker", max_length=384).items():
+        other = Reranker.from_pretrained(d, backend=backend, max_length=384)
+        out = other.score_pairs(pairs)
+        diff = np.abs(out - ref)
+        out_order = np.argsort(-out.reshape(len(queries), -1), axis=1)
+        result[backend] = {
+            "max_abs_score_diff": float(diff.max()),
+            "mean_abs_score_diff": float(diff.mean()),
+            "top1_agreement": float((ref_order[:, 0] == out_order[:, 0]).mean()),
+            **record,
+        }
+        print(backend, {k: v for k, v in result[backend].items() if k != "int8"}, flush=True)
+        del other
+        gc.collect()
+    return result
 
 
 def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     docs = scifact_texts(0, args.docs)
     calib = scifact_texts(4000, args.calibration)
+    work = Path(args.exports)
     out: dict[str, Any] = {}
     if "minilm" in args.models:
-        out["minilm"] = quality_embedder(minilm_dir(), docs, calib, None)
+        out["minilm"] = quality_embedder(minilm_dir(), docs, calib, None, work)
         print(json.dumps(out["minilm"], indent=1)[:2000], flush=True)
     if "smollm2" in args.models or "reranker" in args.models:
         smol = prepare_smollm2(Path(args.smollm2))
     if "smollm2" in args.models:
         out["smollm2_embedder"] = {
-            **quality_embedder(smol, docs, calib, args.decoder_max_length),
+            **quality_embedder(smol, docs, calib, args.decoder_max_length, work),
             "caveat": CAVEAT,
         }
         print(json.dumps(out["smollm2_embedder"], indent=1)[:2000], flush=True)
@@ -166,25 +220,16 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         queries = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open()][
             : args.rerank_queries
         ]
-        out["smollm2_reranker"] = quality_reranker(smol, docs[: args.rerank_docs], queries, calib)
+        out["smollm2_reranker"] = quality_reranker(smol, docs[: args.rerank_docs], queries, calib, work)
         print(json.dumps(out["smollm2_reranker"], indent=1)[:2000], flush=True)
     return out
 
 
 # ---------------------------------------------------------------------------- speed
-def _timed(fn: Any, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _embedforge_methods(path: Path, calib: list[str]) -> dict[str, Any]:
-    """embedforge fp32, fp32 with last-position decoding (decoders), torch-int8: name -> encode."""
+def _embedforge_methods(path: Path, calib: list[str], work: Path) -> dict[str, Any]:
+    """embedforge fp32, fp32 with last-position decoding (decoders), and each exported backend
+    (torch-int8, onnx, onnx-int8) loaded from its ``embedforge export`` directory: name -> encode."""
     from embedforge import Embedder
-    from embedforge.export import quantize_int8
     from embedforge.runtime.lastpos import LastPositionRuntime
 
     fp32 = Embedder.from_pretrained(path, device="cpu", dtype="float32")
@@ -193,9 +238,8 @@ def _embedforge_methods(path: Path, calib: list[str]) -> dict[str, Any]:
         fast = Embedder.from_pretrained(path, device="cpu", dtype="float32")
         fast.runtime = LastPositionRuntime(fast.model, causal=True)
         methods["embedforge fp32 last-position"] = fast.encode
-    int8 = Embedder.from_pretrained(path, device="cpu", dtype="float32")
-    quantize_int8(int8, calib)
-    methods["embedforge torch-int8"] = int8.encode
+    for backend, (d, _) in exports(path, calib, work).items():
+        methods[f"embedforge {backend}"] = Embedder.from_pretrained(d, backend=backend).encode
     return methods
 
 
@@ -261,15 +305,24 @@ def _st_onnx_methods(st_dir: Path | None, threads: int) -> dict[str, Any]:
 
 
 def _speed_table(methods: dict[str, Any], texts: list[str], repeats: int) -> dict[str, Any]:
+    """Best-of-``repeats`` seconds of every method over ``texts``, interleaved (every method once
+    per round), with its speedup over embedforge fp32 and its cosines against fp32's outputs."""
     runnable = {k: v for k, v in methods.items() if callable(v)}
     for fn in runnable.values():  # warm up every method once
         fn(texts[:8])
     best = {k: float("inf") for k in runnable}
+    outputs: dict[str, np.ndarray] = {}
     for _ in range(repeats):  # interleaved: every method in each round
         for name, fn in runnable.items():
-            best[name] = min(best[name], _timed(lambda fn=fn: fn(texts), 1))
+            t0 = time.perf_counter()
+            outputs[name] = np.asarray(fn(texts), dtype=np.float32)
+            best[name] = min(best[name], time.perf_counter() - t0)
     base = best["embedforge fp32"]
-    table = {k: {"seconds": round(v, 3), "speedup_vs_fp32": round(base / v, 3)} for k, v in best.items()}
+    ref = outputs["embedforge fp32"]
+    table = {
+        k: {"seconds": round(v, 3), "speedup_vs_fp32": round(base / v, 3), **cosine_stats(ref, outputs[k])}
+        for k, v in best.items()
+    }
     table.update({k: v for k, v in methods.items() if not callable(v)})
     return table
 
@@ -297,7 +350,7 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
         )
         tok = AutoTokenizer.from_pretrained(str(qwen))
         texts = make_workload(tok, args.texts, 16, 512, 0)
-        methods = {**_embedforge_methods(qwen, calib), **_sentence_transformers_methods(qwen)}
+        methods = {**_embedforge_methods(qwen, calib, tmp), **_sentence_transformers_methods(qwen)}
         out["qwen3_0.6b_shape"] = {
             "shape": shape.describe(),
             "texts": len(texts),
@@ -309,7 +362,7 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
         docs = scifact_texts(0, args.docs)
         mini = minilm_dir()
         methods = {
-            **_embedforge_methods(mini, calib),
+            **_embedforge_methods(mini, calib, Path(args.exports)),
             **_sentence_transformers_methods(mini),
             **_st_onnx_methods(args.st_onnx, torch.get_num_threads()),
         }
@@ -319,27 +372,48 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- nDCG
-def run_ndcg(args: argparse.Namespace) -> dict[str, Any]:
+def _ndcg_child(backend: str, path: str, conn: Any) -> None:
+    """One backend's full SciFact evaluation in a fresh process; sends metrics and peak RSS."""
     from embedforge import Embedder
     from embedforge.evaluation import evaluate_retrieval, load_beir
-    from embedforge.export import quantize_int8
 
     data = load_beir(SCIFACT, "test")
-    out: dict[str, Any] = {"fp32_reference_published": 64.51}
-    for backend in ("torch", "torch-int8"):
-        emb = Embedder.from_pretrained(minilm_dir(), device="cpu", dtype="float32")
-        if backend == "torch-int8":
-            quantize_int8(
-                emb, scifact_texts(4000, args.calibration), source="SciFact corpus documents 4000.."
-            )
-        t0 = time.perf_counter()
-        report = evaluate_retrieval(emb, data, show_progress=False)
-        out[backend] = {
+    emb = Embedder.from_pretrained(path, backend=backend, device="cpu", dtype="float32")
+    t0 = time.perf_counter()
+    report = evaluate_retrieval(emb, data, show_progress=False)
+    with open("/proc/self/status") as f:  # VmHWM: this process's own peak (ru_maxrss carries over fork)
+        hwm = next((int(line.split()[1]) for line in f if line.startswith("VmHWM")), 0)
+    conn.send(
+        {
             "ndcg@10": round(100 * report.first_stage.metrics["ndcg@10"], 2),
             "recall@100": round(100 * report.first_stage.metrics["recall@100"], 2),
             "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb_so_far": round(peak_rss_mb()),
+            "peak_rss_mb": round(hwm / 1024),
         }
+    )
+    conn.close()
+
+
+def run_ndcg(args: argparse.Namespace) -> dict[str, Any]:
+    """all-MiniLM-L6-v2 on the full SciFact test set for every backend, each in its own process."""
+    import multiprocessing as mp
+
+    mini = minilm_dir()
+    dirs = {
+        "torch": mini,
+        **{
+            b: d
+            for b, (d, _) in exports(mini, scifact_texts(4000, args.calibration), Path(args.exports)).items()
+        },
+    }
+    out: dict[str, Any] = {"fp32_reference_published": 64.51}
+    ctx = mp.get_context("spawn")
+    for backend, d in dirs.items():
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_ndcg_child, args=(backend, str(d), send))
+        proc.start()
+        out[backend] = recv.recv()
+        proc.join()
         print(backend, out[backend], flush=True)
     return out
 
@@ -364,6 +438,11 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         default=None,
         help="sentence-transformers' ONNX exports of MiniLM (written by benchmarks/st_onnx_export.py)",
+    )
+    p.add_argument(
+        "--exports",
+        default=str(Path(tempfile.gettempdir()) / "embedforge-bench-exports"),
+        help="where the torch-int8 / onnx / onnx-int8 exports are written once and reused",
     )
     p.add_argument("--out", default=None, help="write the figures to this JSON file")
     args = p.parse_args(argv)

@@ -48,6 +48,7 @@ from embedforge.recipe import load_recipe, run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+SHARED = REPO.parent / "shared" / "data"
 
 # pipeline rows: (row, recipe, model of that recipe)
 PIPELINE = [
@@ -66,6 +67,7 @@ LOSSES = [
     ("sentence-transformers MNRL", "loss-mnrl", {"loss": "mnrl"}),
 ]
 METRICS = ("ndcg@10", "recall@100")
+SECOND = ("stsb_spearman", "xquad_ndcg@10")  # the second evaluation, on data not trained on
 
 
 def base_recipe(path: Path) -> dict[str, Any]:
@@ -114,23 +116,59 @@ def scaled(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return r
 
 
-def variants(raw: dict[str, Any], store: Path) -> dict[str, dict[str, Any]]:
-    """The recipes of one seed, by name."""
+def variants(raw: dict[str, Any], store: Path | None) -> dict[str, dict[str, Any]]:
+    """The recipes of one seed, by name. Without a synthetic store (``--without-synthetic``) there
+    is no "full" recipe: the supervised-only recipe also merges, and gives the base and merging rows."""
     full = copy.deepcopy(raw)
-    full["stages"]["synthesize"] = {
-        "records": str(store),
-        **{k: v for k, v in raw["stages"]["synthesize"].items() if k in ("documents", "per_doc", "seed")},
-    }
+    if store is not None:
+        full["stages"]["synthesize"] = {
+            "records": str(store),
+            **{k: v for k, v in raw["stages"]["synthesize"].items() if k in ("documents", "per_doc", "seed")},
+        }
     sup = copy.deepcopy(full)
     for name in ("synthesize", "filter", "weak", "merge"):
         sup["stages"][name] = {"enabled": False}
     sup["stages"]["supervised"]["synthetic"] = False
-    out = {"full": full, "supervised": sup}
+    out = {"supervised": sup}
     for _, name, settings in LOSSES:
         if name != "supervised":
             v = copy.deepcopy(sup)
             v["stages"]["supervised"].update(settings)
             out[name] = v
+    if store is not None:
+        out["full"] = full
+    else:
+        sup["stages"]["merge"] = copy.deepcopy(raw["stages"]["merge"])
+    return out
+
+
+def pipeline_rows(with_synthetic: bool) -> list[tuple[str, str | None, str]]:
+    """(row, recipe or None when not measured, model) of the pipeline table."""
+    if with_synthetic:
+        return PIPELINE
+    where = {"base": "supervised", "supervised only": "supervised", "+ merging (slerp)": "supervised"}
+    return [(row, where.get(row), model) for row, _, model in PIPELINE]
+
+
+# ---------------------------------------------------------------------------- second evaluation
+def second_evaluation(models: dict[str, str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """STS-benchmark (English test, Spearman of cosine) and XQuAD-R (``--xquad-lang``, nDCG@10) of
+    each model path: data no stage trained on. Embeddings are cached in the ablation's store."""
+    from embedforge import Embedder
+    from embedforge.evaluation import evaluate_retrieval, load_beir
+    from embedforge.evaluation.data import load_sts_csv
+    from embedforge.evaluation.sts import evaluate_sts
+
+    sts = load_sts_csv(SHARED / "stsb-multi-mt" / "data" / "stsb-en-test.csv", name="stsb-en-test")
+    xq = load_beir(SHARED / "xquad-r" / args.xquad_lang, "test", name=f"xquad-r-{args.xquad_lang}")
+    cache = args.work / "cache"
+    out: dict[str, dict[str, float]] = {}
+    for key, path in models.items():
+        emb = Embedder.from_pretrained(path, device="cpu", dtype="float32")
+        s = evaluate_sts(emb, sts, cache_dir=cache, show_progress=False)
+        r = evaluate_retrieval(emb, xq, cache_dir=cache, show_progress=False)
+        out[key] = {"stsb_spearman": s.spearman, "xquad_ndcg@10": r.first_stage.metrics["ndcg@10"]}
+        print(f"   second evaluation {key}: {out[key]}", flush=True)
     return out
 
 
@@ -166,10 +204,16 @@ def summarize(values: list[float]) -> dict[str, float]:
     }
 
 
-def table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    lines = [f"### {title}", "", "| row | nDCG@10 | Recall@100 |", "|---|---|---|"]
+def table(title: str, rows: list[tuple[str, dict[str, Any]]], xquad: str) -> list[str]:
+    head = f"| row | SciFact nDCG@10 | SciFact Recall@100 | STS-b en Spearman | XQuAD-R {xquad} nDCG@10 |"
+    lines = [f"### {title}", "", head, "|---|---|---|---|---|"]
     for name, r in rows:
-        cells = [f"{100 * r[m]['mean']:.2f} ± {100 * r[m]['std']:.2f}" for m in METRICS]
+        if r.get("not_measured"):
+            lines.append(f"| {name} | {r['not_measured']} |  |  |  |")
+            continue
+        cells = [
+            f"{100 * r[m]['mean']:.2f} ± {100 * r[m]['std']:.2f}" if m in r else "—" for m in METRICS + SECOND
+        ]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return lines + [""]
 
@@ -198,6 +242,13 @@ def main() -> None:
     ap.add_argument("--mine-docs", type=int, default=None, help="mine hard negatives from N documents")
     ap.add_argument("--synthetic-docs", type=int, default=None, help="synthetic pairs of N documents")
     ap.add_argument("--rows", nargs="+", choices=["pipeline", "loss"], default=["pipeline", "loss"])
+    ap.add_argument(
+        "--without-synthetic",
+        action="store_true",
+        help="no synthetic stage: the synthetic rows are reported as not measured",
+    )
+    ap.add_argument("--xquad-lang", default="de", help="XQuAD-R language of the second evaluation")
+    ap.add_argument("--no-second-eval", action="store_true", help="skip STS-benchmark and XQuAD-R")
     ap.add_argument("--work", type=Path, default=Path("/tmp/embedforge-recipe-ablation"))
     ap.add_argument("--out", type=Path, default=RESULTS / "recipe_ablation.json")
     ap.add_argument("--no-progress", action="store_true")
@@ -206,8 +257,15 @@ def main() -> None:
 
     raw = scaled(base_recipe(args.recipe), args)
     raw["cache_dir"] = str(args.work / "cache")  # one embedding store for every run
-    store = args.synthetic_store.absolute() if args.synthetic_store else synthesize_once(raw, args)
-    names = {r for _, r, _ in PIPELINE} if "pipeline" in args.rows else set()
+    if args.without_synthetic:
+        store = None
+        for name in ("synthesize", "filter", "weak"):
+            raw["stages"][name] = {"enabled": False}
+        raw["stages"]["supervised"]["synthetic"] = False
+    else:
+        store = args.synthetic_store.absolute() if args.synthetic_store else synthesize_once(raw, args)
+    prows = pipeline_rows(store is not None)
+    names = {r for _, r, _ in prows if r} if "pipeline" in args.rows else set()
     if "loss" in args.rows:
         names |= {r for _, r, _ in LOSSES}
     reports: dict[int, dict[str, dict[str, Any]]] = {}
@@ -230,10 +288,27 @@ def main() -> None:
                 flush=True,
             )
 
-    def row(recipe: str, model: str) -> dict[str, Any]:
+    second: dict[str, dict[str, float]] = {}
+    if not args.no_second_eval:
+        wanted = {(r, m) for _, r, m in prows if r} if "pipeline" in args.rows else set()
+        if "loss" in args.rows:
+            wanted |= {(r, "supervised") for _, r, _ in LOSSES}
+        paths = {}
+        for s in args.seeds:
+            for r, m in sorted(wanted):
+                path = reports[s][r]["models"][m]["path"]
+                paths[path] = path  # the base model is one path for every seed
+        print(f"== second evaluation: {len(paths)} models", flush=True)
+        second = second_evaluation(paths, args)
+
+    def row(recipe: str | None, model: str) -> dict[str, Any]:
+        if recipe is None:
+            return {"not_measured": "not measured: no synthetic pairs (see the README)"}
         out = {}
         for m in METRICS:
             out[m] = summarize([reports[s][recipe]["models"][model]["metrics"][m] for s in args.seeds])
+        for m in SECOND if second else ():
+            out[m] = summarize([second[reports[s][recipe]["models"][model]["path"]][m] for s in args.seeds])
         out["per_seed_ndcg@10"] = [
             reports[s][recipe]["models"][model]["metrics"]["ndcg@10"] for s in args.seeds
         ]
@@ -241,16 +316,16 @@ def main() -> None:
 
     results: dict[str, Any] = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "synthetic_store": str(store),
+        "synthetic_store": str(store) if store else None,
         "recipe_runs_s": timings,
     }
     md = [f"## Recipe ablation ({args.recipe.name}, seeds {args.seeds})", ""]
     if "pipeline" in args.rows:
-        results["pipeline"] = {name: row(r, m) for name, r, m in PIPELINE}
-        md += table("Pipeline", list(results["pipeline"].items()))
+        results["pipeline"] = {name: row(r, m) for name, r, m in prows}
+        md += table("Pipeline", list(results["pipeline"].items()), args.xquad_lang)
     if "loss" in args.rows:
         results["loss"] = {name: row(r, "supervised") for name, r, _ in LOSSES}
-        md += table("Loss (supervised only)", list(results["loss"].items()))
+        md += table("Loss (supervised only)", list(results["loss"].items()), args.xquad_lang)
     first = reports[args.seeds[0]]
     ev = next(iter(first.values()))["stages"][-1]["summary"]
     results["eval"] = {"n_queries": ev.get("n_queries"), "n_documents": ev.get("n_documents")}
