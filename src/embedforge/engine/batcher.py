@@ -291,17 +291,23 @@ class BatchQueue(Generic[J]):
             for job in batch:
                 self._fail(job, err)
             return
-        for job, result in zip(batch, results, strict=True):
-            try:
-                job.future.set_result(result)
-                self._count_stat("completed")
-            except InvalidStateError:  # its caller left while the batch ran
-                self._count_stat("stopped_running")
+        # batch callbacks and counters go first: a caller that holds its result always finds its
+        # batch counted (resolving the futures first let a fast caller read stale stats)
         stats = BatchStats(
             self.name, len(batch), sum(self._count(j) for j in batch), tokens, time.perf_counter() - start
         )
         for callback in self.on_batch:
             callback(stats)
+        for job, result in zip(batch, results, strict=True):
+            if job.future.cancelled():  # its caller left while the batch ran
+                self._count_stat("stopped_running")
+                continue
+            self._count_stat("completed")
+            try:
+                job.future.set_result(result)
+            except InvalidStateError:  # its caller left between the check and now
+                self._count_stat("completed", -1)
+                self._count_stat("stopped_running")
 
 
 __all__ = ["BatchQueue", "BatchStats", "Job", "QueueStats", "Step", "StepStats", "Work"]
