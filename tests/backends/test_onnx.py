@@ -443,3 +443,26 @@ def test_onnx_int8_reranker_export(tiny_reranker_dir, tmp_path):
     fp32 = Reranker.from_pretrained(tiny_reranker_dir, device="cpu")
     rr = Reranker.from_pretrained(out, backend="onnx-int8")
     assert np.abs(rr.score_pairs(_pairs()) - fp32.score_pairs(_pairs())).max() <= 0.05
+
+
+def test_evaluation_runs_on_the_onnx_backend_with_the_same_metrics(onnx_embedder_dir, tiny_embedder_dir):
+    """Evaluation reads the model type from the graph (there is no torch module to ask): the
+    instructions and the metrics equal those of the fp32 torch model."""
+    from embedforge.evaluation import evaluate_retrieval
+    from embedforge.evaluation.data import RetrievalData
+    from embedforge.evaluation.instructions import is_instruction_aware
+
+    onnx_emb = Embedder.from_pretrained(onnx_embedder_dir, backend="onnx")
+    torch_emb = Embedder.from_pretrained(tiny_embedder_dir)
+    assert is_instruction_aware(onnx_emb) and is_instruction_aware(torch_emb)  # tiny Qwen3
+    data = RetrievalData(
+        name="tiny",
+        corpus_ids=[f"d{i}" for i in range(12)],
+        corpus_texts=[f"document {i} about topic {i % 3}" for i in range(12)],
+        query_ids=[f"q{i}" for i in range(3)],
+        query_texts=[f"which document is about topic {i}" for i in range(3)],
+        qrels={f"q{i}": {f"d{i}": 1, f"d{i + 3}": 1} for i in range(3)},
+    )
+    a = evaluate_retrieval(onnx_emb, data, show_progress=False).first_stage.metrics
+    b = evaluate_retrieval(torch_emb, data, show_progress=False).first_stage.metrics
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-9 for k in a)

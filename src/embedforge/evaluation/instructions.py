@@ -102,5 +102,12 @@ def choose_instructions(
 
 def is_instruction_aware(embedder: object) -> bool:
     """Qwen3 checkpoints (``model_type`` qwen3*) take ``Instruct: ...\\nQuery:`` prompts."""
-    config = getattr(getattr(embedder, "model", None), "config", None)
-    return str(getattr(config, "model_type", "")).startswith("qwen3")
+    info = getattr(getattr(embedder, "runtime", None), "info", None)  # an ONNX graph records it
+    model_type = getattr(info, "model_type", None)
+    if model_type is None:
+        try:
+            config = getattr(getattr(embedder, "model", None), "config", None)
+        except TypeError:  # a runtime without a torch module
+            config = None
+        model_type = getattr(config, "model_type", "")
+    return str(model_type).startswith("qwen3")
