@@ -3,6 +3,7 @@ through an actor killed with SIGKILL and through a whole job killed and started 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -56,14 +57,21 @@ def _embed(corpus: Path, out: Path, model: Path, *extra: str) -> None:
     ids=["documents-parquet", "queries-dim32-npy"],
 )
 def test_ray_equals_single_process_on_the_tiny_checkpoint(
-    ray_local, tiny_embedder_dir, scifact_corpus, tmp_path, suffix, options
+    ray_local, tiny_embedder_dir, scifact_corpus, tmp_path, suffix, options, capsys
 ):
     corpus = scifact_corpus(60)
     local, dist = tmp_path / f"local{suffix}", tmp_path / f"ray{suffix}"
     _embed(corpus, local, tiny_embedder_dir, *options)
+    capsys.readouterr()
     _embed(corpus, dist, tiny_embedder_dir, *options, "--engine", "ray", "--actors", "2", "--part-rows", "16")
     assert_same_output(dist, local)
     assert not parts_dir_of(dist).exists()  # merged and cleaned up
+    err = capsys.readouterr().err  # the job's JSON summary
+    summary, _ = json.JSONDecoder().raw_decode(err, err.index('{\n  "output"'))
+    assert summary["documents"] == 60 and summary["parts_total"] == summary["parts_done"] == 4
+    assert summary["blocks"] == 4 and summary["actor_restarts"] == 0
+    assert sum(a["documents"] for a in summary["actors"]) == 60
+    assert all(a["docs_per_second"] > 0 for a in summary["actors"])
 
 
 @pytest.mark.shared_data
@@ -129,6 +137,7 @@ def test_a_killed_job_resumes_from_its_committed_parts(
     finally:
         proc.kill()
         proc.wait()
+        proc.stderr.close()
     committed = commits.read_bytes().count(b"\n")
     assert 3 <= committed < 60, committed
     assert not dist.exists()

@@ -48,9 +48,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
             show_progress=not args.no_progress,
             overwrite=args.overwrite,
         )
+        engine = _engine_summary(embedder)
     assert index.last_write is not None
-    _print_json({"build": index.last_write.to_dict(), "info": index.info()})
+    _print_json({"build": index.last_write.to_dict(), "info": index.info(), **engine})
     return 0
+
+
+def _engine_summary(encoder: Any) -> dict[str, Any]:
+    """``{"engine": {...}}``: what each Ray actor embedded (documents/s, restarts); ``{}`` locally."""
+    summary = getattr(encoder, "summary", None)
+    return {"engine": summary()} if callable(summary) else {}
 
 
 @contextlib.contextmanager
@@ -91,7 +98,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
         report = Index.open(args.dir, embedder=encoder).add(
             args.corpus, field=args.field, id_field=args.id_field, show_progress=not args.no_progress
         )
-    _print_json(report.to_dict())
+        ray_summary = _engine_summary(encoder)
+    _print_json({**report.to_dict(), **ray_summary})
     return 0
 
 

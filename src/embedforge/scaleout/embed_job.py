@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,6 +112,9 @@ class ActorStats:
     def docs_per_second(self) -> float:
         return self.documents / self.seconds if self.seconds > 0 else 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "docs_per_second": self.docs_per_second}
+
 
 @dataclass
 class EmbedJobSummary:
@@ -131,8 +135,7 @@ class EmbedJobSummary:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for a, stats in zip(out["actors"], self.actors, strict=True):
-            a["docs_per_second"] = stats.docs_per_second
+        out["actors"] = [a.to_dict() for a in self.actors]
         return out
 
 
@@ -225,6 +228,21 @@ class _EmbedActor:
         return table
 
 
+def _restart_args(ray: Any, max_retries: int) -> dict[str, int]:
+    """The bound on actor restarts and block retries, for ``map_batches``.
+
+    Ray Data takes them only through ``**ray_remote_args``, deprecated in 2.60 and removed in 2.64,
+    without a named replacement. Until then they go there (the caller silences that deprecation
+    warning: it is ours to know, not the user's); from 2.64 on Ray Data's own default applies:
+    restart and retry without limit.
+    """
+    from packaging.version import Version
+
+    if Version(ray.__version__) >= Version("2.64"):
+        return {}
+    return {"max_restarts": max_retries, "max_task_retries": max_retries}
+
+
 BlockCallback = Callable[[dict[str, Any]], None]
 
 
@@ -286,24 +304,25 @@ def run_embed_job(
                 concurrency=max(1, options.actors),
                 override_num_blocks=len(todo),
             )
-            ds = ds.map_batches(
-                _EmbedActor,
-                fn_constructor_kwargs={
-                    "spec": spec.to_dict(),
-                    "side": config.side,
-                    "instruction": config.instruction,
-                    "dim": config.dim,
-                    "folder": str(folder),
-                },
-                batch_size=None,  # one block (one part) per call
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(
-                    size=options.actors, max_tasks_in_flight_per_actor=config.max_blocks_in_flight
-                ),
-                num_cpus=options.threads_per_actor,
-                max_restarts=config.max_retries,
-                max_task_retries=config.max_retries,
-            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
+                ds = ds.map_batches(
+                    _EmbedActor,
+                    fn_constructor_kwargs={
+                        "spec": spec.to_dict(),
+                        "side": config.side,
+                        "instruction": config.instruction,
+                        "dim": config.dim,
+                        "folder": str(folder),
+                    },
+                    batch_size=None,  # one block (one part) per call
+                    batch_format="pyarrow",
+                    compute=ray.data.ActorPoolStrategy(
+                        size=options.actors, max_tasks_in_flight_per_actor=config.max_blocks_in_flight
+                    ),
+                    num_cpus=options.threads_per_actor,
+                    **_restart_args(ray, config.max_retries),
+                )
             for row in ds.iter_rows():
                 blocks += 1
                 part = by_index[int(row["part"])]

@@ -17,7 +17,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,11 +27,18 @@ import numpy as np
 from embedforge.spec import ModelSpec
 
 from .cluster import require_ray
+from .embed_job import ActorStats
 
 
 class _EncoderActor:
     def __init__(self, spec: dict[str, Any]) -> None:
+        import ray
+
         self.embedder = ModelSpec.from_dict(spec).load_embedder()
+        ctx = ray.get_runtime_context()
+        self.actor_id = ctx.get_actor_id() or "driver"
+        self.restarted = bool(ctx.was_current_actor_reconstructed)  # this process replaced a crashed one
+        self.pid = os.getpid()
 
     def describe(self) -> dict[str, Any]:
         e = self.embedder
@@ -42,13 +51,18 @@ class _EncoderActor:
             "hidden_size": e.hidden_size,
             "prompts": dict(e.prompts),
             "query_prompt": e.query_prompt(None),
+            "pid": self.pid,
         }
 
     def query_prompt(self, instruction: str | None) -> str:
         return self.embedder.query_prompt(instruction)
 
-    def encode(self, texts: list[str], prompt: str, dim: int | None) -> np.ndarray:
-        return np.asarray(self.embedder.encode(texts, prompt=prompt, dim=dim))
+    def encode(self, texts: list[str], prompt: str, dim: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+        """The block's vectors, and who encoded it in how long (the driver's per-actor figures)."""
+        t0 = time.perf_counter()
+        vectors = np.asarray(self.embedder.encode(texts, prompt=prompt, dim=dim))
+        who = {"actor": self.actor_id, "pid": self.pid, "restarted": self.restarted}
+        return vectors, {**who, "texts": len(texts), "seconds": time.perf_counter() - t0}
 
 
 class RayEmbedder:
@@ -63,6 +77,7 @@ class RayEmbedder:
         block_texts: int = 256,
         max_blocks_in_flight: int = 2,
         max_restarts: int = 3,
+        on_block: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if actors < 1 or threads_per_actor < 1 or block_texts < 1 or max_blocks_in_flight < 1:
             raise ValueError(
@@ -73,6 +88,10 @@ class RayEmbedder:
         self.spec = spec.replace(threads=threads_per_actor)
         self.block_texts = block_texts
         self.window = actors * max_blocks_in_flight
+        self.on_block = (
+            on_block  # called on the driver with each block's {actor, pid, restarted, texts, seconds}
+        )
+        self.actor_stats: dict[tuple[str, int], ActorStats] = {}
         actor = ray.remote(_EncoderActor).options(
             num_cpus=threads_per_actor, max_restarts=max_restarts, max_task_retries=max_restarts
         )
@@ -115,10 +134,34 @@ class RayEmbedder:
                 nxt += 1
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                results[pending.pop(ref)] = ray.get(ref)
+                vectors, who = ray.get(ref)
+                results[pending.pop(ref)] = vectors
+                self._count(who)
         width = dim or self._hidden
         out = np.concatenate(results) if results else np.empty((0, width), dtype=np.float32)  # (n, width)
         return out[0] if single else out
+
+    def _count(self, who: dict[str, Any]) -> None:
+        key = (str(who["actor"]), int(who["pid"]))
+        stats = self.actor_stats.setdefault(key, ActorStats(key[0], key[1], bool(who["restarted"])))
+        stats.documents += int(who["texts"])
+        stats.blocks += 1
+        stats.seconds += float(who["seconds"])
+        stats.encode_seconds += float(who["seconds"])
+        if self.on_block is not None:
+            self.on_block(dict(who))
+
+    def summary(self) -> dict[str, Any]:
+        """What the actors did so far (JSON): documents, blocks and documents/s per actor process, and
+        how many processes replaced a crashed actor (their blocks were retried)."""
+        actors = sorted(self.actor_stats.values(), key=lambda a: (a.actor_id, a.pid))
+        return {
+            "engine": "ray",
+            "documents": sum(a.documents for a in actors),
+            "blocks": sum(a.blocks for a in actors),
+            "actor_restarts": sum(1 for a in actors if a.restarted),
+            "actors": [a.to_dict() for a in actors],
+        }
 
     def shutdown(self) -> None:
         """End the actors."""

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from typing import Any
@@ -29,6 +30,8 @@ from embedforge.synthesis.llm import (
     LLMFatalError,
     Message,
     OpenAIBackend,
+    OutputSchema,
+    ResponseFormat,
     RetryPolicy,
 )
 
@@ -40,19 +43,34 @@ class _EndpointWorker:
     ``("error" | "fatal", message)`` (the driver raises the library's error types from these)."""
 
     def __init__(self, base_url: str, model: str, options: dict[str, Any]) -> None:
+        import ray
+
         retry = RetryPolicy(**options.pop("retry"))
         self.backend = OpenAIBackend(base_url, model, retry=retry, **options)
+        self.pid = os.getpid()
+        self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
-    async def complete(self, messages: list[Message], temperature: float, max_tokens: int) -> tuple[str, str]:
+    async def complete(
+        self,
+        messages: list[Message],
+        temperature: float,
+        max_tokens: int,
+        output_schema: OutputSchema | None = None,
+    ) -> tuple[str, str]:
         try:
-            return "ok", await self.backend.complete(messages, temperature=temperature, max_tokens=max_tokens)
+            text = await self.backend.complete(
+                messages, temperature=temperature, max_tokens=max_tokens, output_schema=output_schema
+            )
+            return "ok", text
         except LLMFatalError as e:
             return "fatal", str(e)
         except LLMError as e:
             return "error", str(e)
 
-    def stats(self) -> dict[str, int]:
-        return asdict(self.backend.stats)
+    def stats(self) -> dict[str, Any]:
+        """This process's counters (a restarted actor starts from zero), its pid, and whether it
+        replaced a crashed one."""
+        return {**asdict(self.backend.stats), "pid": self.pid, "restarted": self.restarted}
 
 
 class RayFanoutBackend:
@@ -69,6 +87,7 @@ class RayFanoutBackend:
         retry: RetryPolicy | None = None,
         seed: int = 0,
         extra_body: dict | None = None,
+        response_format: ResponseFormat | str = ResponseFormat.none,
         max_restarts: int = 3,
     ) -> None:
         urls = [u.strip() for u in base_urls if u.strip()]
@@ -81,13 +100,14 @@ class RayFanoutBackend:
                 raise ValueError(f"endpoint {url!r} must start with http:// or https://")
         if concurrency < 1:
             raise ValueError(f"concurrency (per endpoint) must be >= 1, got {concurrency}")
+        self.response_format = ResponseFormat.parse(response_format)
         ray = require_ray()
         self.base_urls = urls
         self.model_name = model_name
         self.per_endpoint = concurrency
         self.concurrency = concurrency * len(urls)  # the pipeline's number of workers
         self.stats = BackendStats()
-        self.endpoint_stats: dict[str, dict[str, int]] = {}
+        self.endpoint_stats: dict[str, dict[str, Any]] = {}
         retry = retry or RetryPolicy()
         actor = ray.remote(_EndpointWorker).options(
             num_cpus=0,  # waits on the network; CPUs stay with the models
@@ -106,6 +126,7 @@ class RayFanoutBackend:
                     "retry": asdict(retry),
                     "seed": seed + i,
                     "extra_body": extra_body,
+                    "response_format": self.response_format,
                 },
             )
             for i, url in enumerate(urls)
@@ -113,14 +134,25 @@ class RayFanoutBackend:
         self._in_flight = [0] * len(urls)
         self._sems: list[asyncio.Semaphore] | None = None
 
-    async def complete(self, messages: list[Message], *, temperature: float, max_tokens: int) -> str:
+    async def complete(
+        self,
+        messages: list[Message],
+        *,
+        temperature: float,
+        max_tokens: int,
+        output_schema: OutputSchema | None = None,
+    ) -> str:
+        """The answer from the endpoint with the fewest requests in flight; with ``output_schema`` and
+        a ``response_format`` the schema goes along (constrained decoding), as with one endpoint."""
         if self._sems is None:  # created inside the running loop
             self._sems = [asyncio.Semaphore(self.per_endpoint) for _ in self._workers]
         i = min(range(len(self._workers)), key=lambda j: self._in_flight[j])
         self._in_flight[i] += 1
         try:
             async with self._sems[i]:
-                kind, text = await self._workers[i].complete.remote(messages, temperature, max_tokens)
+                kind, text = await self._workers[i].complete.remote(
+                    messages, temperature, max_tokens, output_schema
+                )
         finally:
             self._in_flight[i] -= 1
         if kind == "fatal":
@@ -130,7 +162,8 @@ class RayFanoutBackend:
         return str(text)
 
     async def aclose(self) -> None:
-        """Collect each endpoint's counters into ``stats`` (per endpoint in ``endpoint_stats``)."""
+        """Collect each endpoint's counters into ``stats`` (per endpoint in ``endpoint_stats``, with
+        its actor's pid and whether that actor was restarted after a crash)."""
         total = BackendStats()
         for url, worker in zip(self.base_urls, self._workers, strict=True):
             stats = await worker.stats.remote()
@@ -138,6 +171,21 @@ class RayFanoutBackend:
             for f in fields(BackendStats):
                 setattr(total, f.name, getattr(total, f.name) + stats[f.name])
         self.stats = total
+
+    def worker_pids(self) -> dict[str, int]:
+        """The process of each endpoint's actor now (the tests kill one)."""
+        ray = require_ray()
+        got = ray.get([w.stats.remote() for w in self._workers])
+        return {url: int(stats["pid"]) for url, stats in zip(self.base_urls, got, strict=True)}
+
+    def summary(self) -> dict[str, Any]:
+        """The fan-out's JSON summary after ``aclose``: requests and failures per endpoint, and how
+        many endpoint actors replaced a crashed one (their requests were retried)."""
+        return {
+            "engine": "ray",
+            "endpoints": self.endpoint_stats,
+            "actor_restarts": sum(1 for s in self.endpoint_stats.values() if s.get("restarted")),
+        }
 
     def shutdown(self) -> None:
         """End the endpoint actors (their HTTP clients go with them)."""

@@ -223,11 +223,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
             if args.llm.startswith("local:") or not args.model:
                 raise ValueError("--engine ray needs --llm http(s) base URL(s) and the --model they serve")
-            if args.response_format != "none":
-                raise ValueError(
-                    f"--response-format {args.response_format} is not supported with --engine ray yet; "
-                    "use --response-format none"
-                )
             stack.enter_context(ray_cluster(engine))
             fanout = RayFanoutBackend(
                 args.llm.split(","),
@@ -238,6 +233,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 retry=RetryPolicy(args.max_retries, args.backoff, args.max_backoff),
                 seed=args.seed,
                 extra_body=_json_object(args.extra_body),
+                response_format=args.response_format,
             )
             stack.callback(fanout.shutdown)
             backend: LLMBackend = fanout
@@ -264,6 +260,10 @@ def run_generate(args: argparse.Namespace) -> int:
             show_progress=not args.no_progress,
             fsync=args.fsync,
         )
+        summary = getattr(backend, "summary", None)
+        engine_summary = {"engine": summary()} if callable(summary) else {}
+    if engine_summary:  # per endpoint: requests, retries, failures; restarted actors
+        print(json.dumps(engine_summary, indent=2), file=sys.stderr)
     print(
         f"{report.task}: {report.done} done, {report.failed} failed, {report.skipped} skipped (of {report.total}); "
         f"{report.requests} requests, {report.retries} retries, {report.rate_limited} rate-limited, "
@@ -275,9 +275,11 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.report:
         from pathlib import Path
 
-        summary = {**asdict(report), "out": str(report.out), "failed_out": str(report.failed_out)}
-        summary.update(invalid_answers=report.invalid_answers, first_try_invalid=report.first_try_invalid)
-        Path(args.report).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        written = {**asdict(report), "out": str(report.out), "failed_out": str(report.failed_out)}
+        written.update(invalid_answers=report.invalid_answers, first_try_invalid=report.first_try_invalid)
+        Path(args.report).write_text(
+            json.dumps({**written, **engine_summary}, indent=2) + "\n", encoding="utf-8"
+        )
     return 0 if report.failed == 0 else 3
 
 
