@@ -75,6 +75,25 @@ def test_ray_equals_single_process_on_the_tiny_checkpoint(
 
 
 @pytest.mark.shared_data
+def test_ray_reads_a_parquet_corpus_by_row_groups_like_the_single_process_reader(
+    ray_local, tiny_embedder_dir, scifact_corpus, tmp_path
+):
+    import pyarrow as pa
+
+    docs = read_documents(scifact_corpus(70))
+    corpus = tmp_path / "corpus.parquet"
+    table = pa.table(
+        {"_id": [d.id for d in docs], "title": [d.title for d in docs], "text": [d.text for d in docs]}
+    )
+    pq.write_table(table, corpus, row_group_size=9)  # 8 row groups: parts of whole groups
+    local, dist = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    _embed(corpus, local, tiny_embedder_dir)
+    _embed(corpus, dist, tiny_embedder_dir, "--engine", "ray", "--actors", "2", "--part-rows", "16")
+    assert_same_output(dist, local)
+    assert _read(dist)[0] == [d.id for d in docs]
+
+
+@pytest.mark.shared_data
 def test_ray_equals_single_process_on_minilm_with_scifact(ray_local, minilm_dir, scifact_200, tmp_path):
     local, dist = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     _embed(scifact_200, local, minilm_dir)
