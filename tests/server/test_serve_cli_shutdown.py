@@ -104,8 +104,11 @@ def test_sigterm_finishes_in_flight_requests(tiny_embedder_dir, embedder):
     env = {
         **os.environ,
         "PYTHONPATH": str(SRC),
-        "EMBEDFORGE_MAX_BATCH_TOKENS": "256",
-    }  # small batches: slow drain
+        "EMBEDFORGE_MAX_BATCH_TOKENS": "256",  # small batches: slow drain
+        # the drain may take as long as it needs: on a starved CPU it once outlasted the default 30 s,
+        # and a request still running then is cancelled with a 503 (by design, tested elsewhere)
+        "EMBEDFORGE_GRACEFUL_TIMEOUT_S": "600",
+    }
     srv = _Subprocess(
         [
             "serve",
