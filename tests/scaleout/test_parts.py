@@ -130,3 +130,22 @@ def test_merge_reports_a_duplicate_id_with_the_readers_message(tmp_path):
     with pytest.raises(ValueError, match=r"c\.jsonl:4: duplicate document id '0' \(first at .*c\.jsonl:1\)"):
         merge_parts(folder, manifest, parts, out, corpus=corpus, with_ids=True)
     assert not out.exists()
+
+
+def test_merge_passes_ids_that_only_share_a_hash(tmp_path, monkeypatch):
+    from embedforge.scaleout import parts as parts_module
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": str(i)}) + "\n" for i in range(5)))
+    parts = plan_parts(corpus, 2)
+    out = tmp_path / "out.parquet"
+    folder = parts_dir_of(out)
+    manifest = open_manifest(folder, {}, len(parts))
+    for part in parts:
+        docs = read_part(corpus, part)
+        name = write_block(folder, part.index, part.first_row, [d.id for d in docs], np.ones((len(docs), 2)))
+        manifest.commit(folder, part.index, [name])
+    # every id hashes alike: the reader, reading the ids themselves, finds no repeat
+    monkeypatch.setattr(parts_module, "id_hashes", lambda ids: np.zeros(len(ids), np.uint64))
+    result = merge_parts(folder, manifest, parts, out, corpus=corpus, with_ids=True)
+    assert result.rows == 5 and pq.read_table(out).column("id").to_pylist() == [f"d{i}" for i in range(5)]
