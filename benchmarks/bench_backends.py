@@ -105,15 +105,21 @@ INT8_SUMMARY = ("method", "modes", "groups", "weight_bits", "keep_fp32", "agreem
 
 
 def exports(
-    path: Path, calib: list[str], work: Path, *, kind: str = "embedder", **load_kwargs: Any
+    path: Path,
+    calib: list[str],
+    work: Path,
+    *,
+    kind: str = "embedder",
+    only: tuple[str, ...] = EXPORTED,
+    **load_kwargs: Any,
 ) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """``embedforge export`` of ``path`` for every non-torch backend, calibrated on ``calib``
-    (SciFact documents 4000..): backend -> (directory, what the export recorded). Each export is
-    written once under ``work`` and reused."""
+    """``embedforge export`` of ``path`` for every non-torch backend in ``only``, calibrated on
+    ``calib`` (SciFact documents 4000..): backend -> (directory, what the export recorded). Each
+    export is written once under ``work`` and reused."""
     from embedforge.export import export, read_manifest
 
     out = {}
-    for backend in EXPORTED:
+    for backend in (b for b in EXPORTED if b in only):
         d = work / f"{path.name}-{kind}-{backend}"
         t0 = time.perf_counter()
         if read_manifest(d) is None:
@@ -140,7 +146,12 @@ def cosine_stats(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
 
 
 def quality_embedder(
-    path: Path, docs: list[str], calib: list[str], max_length: int | None, work: Path
+    path: Path,
+    docs: list[str],
+    calib: list[str],
+    max_length: int | None,
+    work: Path,
+    only: tuple[str, ...] = EXPORTED,
 ) -> dict[str, Any]:
     from embedforge import Embedder
     from embedforge.runtime.lastpos import LastPositionRuntime
@@ -158,7 +169,7 @@ def quality_embedder(
         }
         emb.runtime = fp32_runtime
     del emb
-    for backend, (d, record) in exports(path, calib, work, max_length=max_length).items():
+    for backend, (d, record) in exports(path, calib, work, only=only, max_length=max_length).items():
         other = Embedder.from_pretrained(d, backend=backend, max_length=max_length)
         result[backend] = {**cosine_stats(ref, other.encode(docs)), **record}
         print(backend, {k: v for k, v in result[backend].items() if k != "int8"}, flush=True)
@@ -168,7 +179,12 @@ def quality_embedder(
 
 
 def quality_reranker(
-    path: Path, docs: list[str], queries: list[str], calib: list[str], work: Path
+    path: Path,
+    docs: list[str],
+    queries: list[str],
+    calib: list[str],
+    work: Path,
+    only: tuple[str, ...] = EXPORTED,
 ) -> dict[str, Any]:
     from embedforge import Reranker
 
@@ -183,7 +199,9 @@ def quality_reranker(
     }
     del rr
     ref_order = np.argsort(-ref.reshape(len(queries), -1), axis=1)
-    for backend, (d, record) in exports(path, calib, work, kind="reranker", max_length=384).items():
+    for backend, (d, record) in exports(
+        path, calib, work, kind="reranker", only=only, max_length=384
+    ).items():
         other = Reranker.from_pretrained(d, backend=backend, max_length=384)
         out = other.score_pairs(pairs)
         diff = np.abs(out - ref)
@@ -206,13 +224,13 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.exports)
     out: dict[str, Any] = {}
     if "minilm" in args.models:
-        out["minilm"] = quality_embedder(minilm_dir(), docs, calib, None, work)
+        out["minilm"] = quality_embedder(minilm_dir(), docs, calib, None, work, args.backends)
         print(json.dumps(out["minilm"], indent=1)[:2000], flush=True)
     if "smollm2" in args.models or "reranker" in args.models:
         smol = prepare_smollm2(Path(args.smollm2))
     if "smollm2" in args.models:
         out["smollm2_embedder"] = {
-            **quality_embedder(smol, docs, calib, args.decoder_max_length, work),
+            **quality_embedder(smol, docs, calib, args.decoder_max_length, work, args.backends),
             "caveat": CAVEAT,
         }
         print(json.dumps(out["smollm2_embedder"], indent=1)[:2000], flush=True)
@@ -220,7 +238,9 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         queries = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open()][
             : args.rerank_queries
         ]
-        out["smollm2_reranker"] = quality_reranker(smol, docs[: args.rerank_docs], queries, calib, work)
+        out["smollm2_reranker"] = quality_reranker(
+            smol, docs[: args.rerank_docs], queries, calib, work, args.backends
+        )
         print(json.dumps(out["smollm2_reranker"], indent=1)[:2000], flush=True)
     return out
 
@@ -399,12 +419,10 @@ def run_ndcg(args: argparse.Namespace) -> dict[str, Any]:
     import multiprocessing as mp
 
     mini = minilm_dir()
+    calib = scifact_texts(4000, args.calibration)
     dirs = {
-        "torch": mini,
-        **{
-            b: d
-            for b, (d, _) in exports(mini, scifact_texts(4000, args.calibration), Path(args.exports)).items()
-        },
+        **({"torch": mini} if "torch" in args.backends else {}),
+        **{b: d for b, (d, _) in exports(mini, calib, Path(args.exports), only=args.backends).items()},
     }
     out: dict[str, Any] = {"fp32_reference_published": 64.51}
     ctx = mp.get_context("spawn")
@@ -444,8 +462,17 @@ def main(argv: list[str] | None = None) -> None:
         default=str(Path(tempfile.gettempdir()) / "embedforge-bench-exports"),
         help="where the torch-int8 / onnx / onnx-int8 exports are written once and reused",
     )
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        type=str,
+        choices=["torch", *EXPORTED],
+        default=["torch", *EXPORTED],
+        help="quality and ndcg: the backends to measure (torch is the reference of quality, always run)",
+    )
     p.add_argument("--out", default=None, help="write the figures to this JSON file")
     args = p.parse_args(argv)
+    args.backends = tuple(args.backends)
     if args.threads:
         torch.set_num_threads(args.threads)
     result: dict[str, Any] = {
