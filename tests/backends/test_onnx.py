@@ -225,7 +225,13 @@ def test_minilm_real_weights_match_fp32_torch(minilm_dir, tmp_path):
 def test_cls_pooling_exports(minilm_dir, tmp_path):
     pooling = "cls"
     ref = Embedder.from_pretrained(minilm_dir, device="cpu", pooling=pooling)
+    attention = ref.model.config._attn_implementation
     info = export_graph(ref.model, tmp_path, kind="embedder", pooling=pooling, causal=False)
+    assert ref.model.config._attn_implementation == attention  # restored after the export
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / GRAPH_FILE)).graph.node}
+    assert "IsNaN" not in ops and "Softmax" in ops  # eager attention: no safe-softmax guard per layer
     runtime = OnnxRuntime(tmp_path / GRAPH_FILE, info)
     batch = ref.collate(ref.tokenize(TEXTS[:5]))
     with torch.inference_mode():

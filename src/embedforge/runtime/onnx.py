@@ -28,10 +28,11 @@ prefix cache are not in the graph; asking for them raises and names what to do i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -157,6 +158,28 @@ def _example_inputs(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+@contextlib.contextmanager
+def _eager_attention(module: nn.Module) -> Iterator[None]:
+    """Export with the model's eager attention (restored after); used for encoders.
+
+    SDPA exports as a "safe softmax": per layer, ``Where`` on the mask and ``Where(IsNaN(p), 0, p)``
+    over the whole (batch, heads, L, L) score tensor, which cost all-MiniLM-L6-v2 a third of its
+    ONNX Runtime time (6.9 s against 4.7 s over the same 128 SciFact documents, ORT's profiler).
+    Eager attention adds one additive mask. Decoders keep SDPA: their eager export with left
+    padding differed from torch by 2e-3 (not investigated yet).
+    """
+    setter = getattr(module, "set_attn_implementation", None)
+    previous = getattr(getattr(module, "config", None), "_attn_implementation", None)
+    if setter is None or previous in (None, "eager"):
+        yield
+        return
+    setter("eager")
+    try:
+        yield
+    finally:
+        setter(previous)
+
+
 def export_graph(
     module: nn.Module,
     out: Path,
@@ -193,7 +216,12 @@ def export_graph(
     ids, mask = _example_inputs(int(config.vocab_size))
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
     graph.eval()
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with (
+        torch.inference_mode(False),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+        _eager_attention(module) if not causal else contextlib.nullcontext(),
+    ):
         # torch's exporter trips over its own deprecation (pytree LeafSpec) while it copies specs
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
