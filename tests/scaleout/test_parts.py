@@ -116,17 +116,23 @@ def test_manifest_refuses_other_settings_and_merge_keeps_corpus_order(tmp_path):
     np.testing.assert_array_equal(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), vecs)
 
 
-def test_merge_reports_a_duplicate_id_with_the_readers_message(tmp_path):
-    corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"_id": i % 3, "text": str(i)}) + "\n" for i in range(4)))
+def _committed(corpus, out):
+    """Every part of ``corpus`` (2 rows each) written and committed with 2-d vectors, as a job would."""
     parts = plan_parts(corpus, 2)
-    out = tmp_path / "out.npy"
     folder = parts_dir_of(out)
     manifest = open_manifest(folder, {}, len(parts))
     for part in parts:
         docs = read_part(corpus, part)
-        name = write_block(folder, part.index, part.first_row, [d.id for d in docs], np.zeros((len(docs), 2)))
+        name = write_block(folder, part.index, part.first_row, [d.id for d in docs], np.ones((len(docs), 2)))
         manifest.commit(folder, part.index, [name])
+    return parts, folder, manifest
+
+
+def test_merge_reports_a_duplicate_id_with_the_readers_message(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i % 3, "text": str(i)}) + "\n" for i in range(4)))
+    out = tmp_path / "out.npy"
+    parts, folder, manifest = _committed(corpus, out)
     with pytest.raises(ValueError, match=r"c\.jsonl:4: duplicate document id '0' \(first at .*c\.jsonl:1\)"):
         merge_parts(folder, manifest, parts, out, corpus=corpus, with_ids=True)
     assert not out.exists()
@@ -137,14 +143,8 @@ def test_merge_passes_ids_that_only_share_a_hash(tmp_path, monkeypatch):
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": str(i)}) + "\n" for i in range(5)))
-    parts = plan_parts(corpus, 2)
     out = tmp_path / "out.parquet"
-    folder = parts_dir_of(out)
-    manifest = open_manifest(folder, {}, len(parts))
-    for part in parts:
-        docs = read_part(corpus, part)
-        name = write_block(folder, part.index, part.first_row, [d.id for d in docs], np.ones((len(docs), 2)))
-        manifest.commit(folder, part.index, [name])
+    parts, folder, manifest = _committed(corpus, out)
     # every id hashes alike: the reader, reading the ids themselves, finds no repeat
     monkeypatch.setattr(parts_module, "id_hashes", lambda ids: np.zeros(len(ids), np.uint64))
     result = merge_parts(folder, manifest, parts, out, corpus=corpus, with_ids=True)

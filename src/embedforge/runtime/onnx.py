@@ -164,7 +164,7 @@ def _eager_attention(module: nn.Module) -> Iterator[None]:
 
     SDPA exports as a "safe softmax": per layer, ``Where`` on the mask and ``Where(IsNaN(p), 0, p)``
     over the whole (batch, heads, L, L) score tensor, which cost all-MiniLM-L6-v2 a third of its
-    ONNX Runtime time (6.9 s against 4.7 s over the same 128 SciFact documents, ORT's profiler).
+    ONNX Runtime time (benchmarks/ort_attention_profile.py: 8.9 s against 7.2 s of kernel time).
     Eager attention adds one additive mask. Decoders keep SDPA: their eager export with left
     padding differed from torch by 2e-3 (not investigated yet).
     """
